@@ -1,0 +1,1 @@
+"""Test infrastructure: real PostgreSQL, Apache Kafka and stream store processes (no pytest here)."""

@@ -1,0 +1,158 @@
+"""Process helpers shared by the test servers: free ports, parent-death signals, log tails.
+
+Every server a test starts is a child of the test process. On Linux the child asks the kernel for
+SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), so a test run that is killed hard (SIGKILL,
+a CI timeout) leaves no broker or database behind; orderly exits go through ``stop()``/atexit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = [
+    "REPO_ROOT",
+    "free_port",
+    "kill_on_parent_death",
+    "log_tail",
+    "popen",
+    "register_for_cleanup",
+    "run",
+    "terminate",
+    "wait_for_port",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+
+    def call(option: int, value: int) -> int:
+        return int(prctl(option, value))
+
+    return call
+
+
+_prctl = _load_prctl()
+
+
+def kill_on_parent_death() -> None:
+    """``preexec_fn``: have the kernel SIGKILL this child when the spawning thread dies.
+
+    Runs after ``user=``/``group=`` took effect in the child (CPython does setreuid before
+    preexec_fn), which matters because a credential change clears the setting.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class _Stoppable(Protocol):
+    def kill(self) -> None: ...
+
+
+_live: weakref.WeakSet[_Stoppable] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def register_for_cleanup(server: _Stoppable) -> None:
+    """Remember a running server so that interpreter exit kills it if nobody stopped it."""
+    with _live_lock:
+        _live.add(server)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    with _live_lock:
+        servers = list(_live)
+    for server in servers:
+        try:
+            server.kill()
+        except Exception:  # best effort at exit
+            logger.exception("cleanup of %r failed", server)
+
+
+def terminate(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int | None:
+    """Send ``sig`` and wait up to ``timeout`` seconds; return the exit code, or None if still alive."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def wait_for_port(host: str, port: int, timeout: float) -> bool:
+    """Return True once a TCP connect to host:port succeeds, False after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def log_tail(path: Path, max_bytes: int = 8000) -> str:
+    """The end of a log file, for error messages (empty text if the file does not exist)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return "(no log file)"
+    text = data.decode("utf-8", errors="replace")
+    if size > max_bytes:
+        text = "...\n" + text
+    return text
+
+
+def popen(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen`` for a server child: killed by the kernel if the test process dies.
+
+    ``preexec_fn`` is unsafe only if another thread holds a lock the child needs between fork and
+    exec; ``kill_on_parent_death`` calls nothing but prctl, so that cannot happen here.
+    """
+    return subprocess.Popen(cmd, preexec_fn=kill_on_parent_death, **kwargs)  # noqa: PLW1509
+
+
+def run(cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` (without ``check``) for a child that must not outlive the test process."""
+    return subprocess.run(cmd, check=False, preexec_fn=kill_on_parent_death, **kwargs)
