@@ -79,7 +79,7 @@ def kill_on_parent_death() -> None:
 
 
 class _Stoppable(Protocol):
-    def kill(self) -> None: ...
+    def kill(self) -> object: ...
 
 
 _live: weakref.WeakSet[_Stoppable] = weakref.WeakSet()
