@@ -115,9 +115,7 @@ def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHead
     return BatchHeader(*_HEADER.unpack_from(buf, pos))
 
 
-def validate_batch(
-    buf: bytes | bytearray | memoryview, pos: int = 0, *, end: int | None = None
-) -> BatchHeader:
+def validate_batch(buf: bytes | bytearray | memoryview, pos: int = 0, *, end: int | None = None) -> BatchHeader:
     """Check length bounds, magic and CRC-32C of the batch at ``pos``; return its header.
 
     ``end`` bounds the batch (defaults to the end of ``buf``); a declared length that runs past
@@ -128,9 +126,7 @@ def validate_batch(
     if header.length < HEADER_SIZE - LOG_OVERHEAD:
         raise InvalidBatch(f"record batch length {header.length} is smaller than a batch header")
     if pos + header.size > limit:
-        raise InvalidBatch(
-            f"record batch declares {header.size} bytes but only {limit - pos} remain"
-        )
+        raise InvalidBatch(f"record batch declares {header.size} bytes but only {limit - pos} remain")
     if header.magic != 2:
         raise InvalidBatch(f"record batch magic {header.magic} is not supported (only magic 2)")
     view = memoryview(buf)[pos + 21 : pos + header.size]
