@@ -44,6 +44,7 @@ __all__ = [
     "cache_dir",
     "java_classpath",
     "kafka_jars",
+    "kafka_jars_cached",
     "run_java_source",
     "run_kafka_tool",
 ]
@@ -167,6 +168,12 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def kafka_jars_cached(version: str = KAFKA_VERSION) -> bool:
+    """True if :func:`kafka_jars` will return at once (no Maven run)."""
+    home = cache_dir(version)
+    return (home / _MARKER).exists() and (home / "libs").is_dir()
+
+
 def kafka_jars(version: str = KAFKA_VERSION) -> Path:
     """Return the directory holding Kafka's jars, resolving them with Maven on first use.
 
@@ -176,12 +183,12 @@ def kafka_jars(version: str = KAFKA_VERSION) -> Path:
     """
     home = cache_dir(version)
     libs = home / "libs"
-    if (home / _MARKER).exists() and libs.is_dir():
+    if kafka_jars_cached(version):
         return libs
     mvn = _require("mvn")
     _require("java")
     with _file_lock(home.parent / f"kafka-{version}.lock"):
-        if (home / _MARKER).exists() and libs.is_dir():
+        if kafka_jars_cached(version):
             return libs  # another process finished it while we waited
         home.mkdir(parents=True, exist_ok=True)
         partial = home / "libs.partial"
@@ -200,9 +207,7 @@ def kafka_jars(version: str = KAFKA_VERSION) -> Path:
             f"-DoutputDirectory={partial}",
             "-DincludeScope=runtime",
         ]
-        logger.info(
-            "resolving Apache Kafka %s jars with Maven into %s (first use; log: %s)", version, libs, mvn_log
-        )
+        logger.info("resolving Apache Kafka %s jars with Maven into %s (first use; log: %s)", version, libs, mvn_log)
         started = time.monotonic()
         _run_maven(cmd, mvn_log, home)
         jars = sorted(partial.glob("*.jar"))
@@ -290,8 +295,7 @@ def run_kafka_tool(
     )
     if check and result.returncode != 0:
         raise KafkaError(
-            f"{main_class} exited with {result.returncode}\n"
-            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            f"{main_class} exited with {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
 
@@ -445,6 +449,10 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # After a kill the controller refuses the restarted broker's registration until the old
+            # session times out (default 9 s); keep crash-restart tests quick.
+            "broker.session.timeout.ms": "4000",
+            "broker.heartbeat.interval.ms": "500",
             "auto.create.topics.enable": "true" if self.auto_create_topics else "false",
         }
         props.update(self.extra_properties)
@@ -481,9 +489,7 @@ class KafkaBroker:
         ]
         started = time.monotonic()
         with self.log_path.open("ab") as log:
-            self._proc = popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
-            )
+            self._proc = popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
         register_for_cleanup(self)
         try:
             self._wait_ready()
