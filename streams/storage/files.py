@@ -78,11 +78,12 @@ def pread_exact(fd: int, size: int, position: int) -> bytes:
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace ``path`` with ``data`` so a crash leaves either the old or the new file.
 
-    The temp name is unique, so concurrent writers never share a temp file; ordering between
-    them is the caller's business.
+    The temp name is unique (and short: a 249-character topic name must still fit in 255
+    bytes), so concurrent writers never share a temp file; ordering between them is the
+    caller's business.
     """
     target = Path(path)
-    tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    tmp = target.with_name(f"tmp-{secrets.token_hex(8)}{TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         pwrite_all(fd, data, 0)

@@ -334,7 +334,8 @@ class Store:
             self._open_log(meta, p)
 
     def _remove_dir(self, path: Path) -> None:
-        doomed = path.with_name(f"{path.name}.{secrets.token_hex(4)}{_DELETE_SUFFIX}")
+        # Like Kafka, shorten the name so the suffix fits the 255-byte file name limit.
+        doomed = path.with_name(f"{path.name[:200]}.{secrets.token_hex(4)}{_DELETE_SUFFIX}")
         path.rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 

@@ -10,13 +10,13 @@ import pytest
 
 from streams.errors import FatalStorageError, StorageError
 from streams.protocol.records import parse_header
-from streams.storage import OffsetOutOfRangeError, RecordTooLargeError, Store
+from streams.storage import OffsetOutOfRangeError, PartitionLog, ReadSlice, RecordTooLargeError, Store
 
 from .helpers import append, make_batch, open_store, read_all, record_offsets
 
 
-def _fill(store: Store, batches: int = 40, count: int = 3, **configs: str):
-    store.create_topic("t", 1, configs or None)
+def _fill(store: Store, batches: int = 40, count: int = 3, configs: dict[str, str] | None = None):
+    store.create_topic("t", 1, configs)
     plog = store.log("t", 0)
     expected = bytearray()
     for i in range(batches):
@@ -29,15 +29,21 @@ def _fill(store: Store, batches: int = 40, count: int = 3, **configs: str):
     return plog, bytes(expected)
 
 
+def _slice(plog: PartitionLog, offset: int, max_bytes: int) -> ReadSlice:
+    sl = plog.read(offset, max_bytes)
+    assert sl is not None
+    return sl
+
+
 def test_round_trip_across_segment_rolls(store: Store) -> None:
-    plog, expected = _fill(store, **{"segment.bytes": "500"})
+    plog, expected = _fill(store, configs={"segment.bytes": "500"})
     assert plog.segment_count > 5
     assert plog.log_end_offset == plog.high_watermark == 120
     assert read_all(plog) == expected
     assert record_offsets(read_all(plog)) == list(range(120))
     # Every offset can be a fetch start; the slice starts at the containing batch.
     for offset in range(120):
-        with plog.read(offset, 1) as sl:
+        with _slice(plog, offset, 1) as sl:
             data = sl.read_bytes()
         header = parse_header(data)
         assert header.base_offset <= offset <= header.last_offset
@@ -48,7 +54,7 @@ def test_round_trip_across_segment_rolls(store: Store) -> None:
 
 def test_read_mid_batch_returns_containing_batch(store: Store) -> None:
     plog, _ = _fill(store, batches=5, count=10)
-    with plog.read(25, 1 << 20) as sl:
+    with _slice(plog, 25, 1 << 20) as sl:
         assert sl.first_offset == 20
         assert sl.last_offset == 49
         assert record_offsets(sl.read_bytes())[0] == 20
@@ -56,7 +62,7 @@ def test_read_mid_batch_returns_containing_batch(store: Store) -> None:
 
 def test_at_least_one_batch_and_max_bytes_respected(store: Store) -> None:
     plog, expected = _fill(store, batches=50, count=2)
-    with plog.read(0, 1) as sl:
+    with _slice(plog, 0, 1) as sl:
         assert sl.first_offset == 0 and sl.last_offset == 1
         assert sl.length == parse_header(expected).size
     # Reads of any size return whole batches and never exceed max_bytes (beyond the first batch).
@@ -81,7 +87,7 @@ def test_index_is_used_for_long_reads(tmp_path: Path) -> None:
         assert len(seg.index) > 20
         for offset in (0, 7, 55, 123, 199):
             for max_bytes in (300, 1000, 5000):
-                with plog.read(offset, max_bytes) as sl:
+                with _slice(plog, offset, max_bytes) as sl:
                     data = sl.read_bytes()
                 offs = record_offsets(data)
                 assert offs[0] == offset and offs[-1] == sl.last_offset
@@ -109,7 +115,7 @@ def test_high_watermark_gates_reads(store: Store) -> None:
     assert plog.high_watermark == 0  # only finish_sync moves it
     plog.finish_sync(ticket)
     assert plog.high_watermark == 5
-    with plog.read(0, 1 << 20) as sl:
+    with _slice(plog, 0, 1 << 20) as sl:
         assert sl.last_offset == 4  # the second batch is not durable yet
     assert plog.read(5, 1 << 20) is None
     plog.sync()
@@ -137,7 +143,7 @@ def test_sync_ticket_in_thread_while_appending(store: Store) -> None:
             batch, header = make_batch(2, tag=round_ * 10 + i, value_size=50)
             plog.append(batch, header, 1_000, 1 << 20)
             expected += batch
-        if thread is not None:
+        if ticket is not None and thread is not None:
             thread.join()
             assert not errors
             before = plog.high_watermark
@@ -184,7 +190,7 @@ def test_failed_fsync_is_fatal(store: Store) -> None:
 
 def test_reopen_gives_identical_bytes(tmp_path: Path) -> None:
     store = open_store(tmp_path)
-    plog, expected = _fill(store, **{"segment.bytes": "700"})
+    plog, expected = _fill(store, configs={"segment.bytes": "700"})
     store.close()
     store = open_store(tmp_path)
     try:
@@ -219,8 +225,8 @@ def test_offset_out_of_range_and_closed(store: Store) -> None:
 
 
 def test_read_slice_survives_segment_deletion(store: Store) -> None:
-    plog, expected = _fill(store, **{"segment.bytes": "300"})
-    sl = plog.read(0, 1 << 20)
+    plog, expected = _fill(store, configs={"segment.bytes": "300"})
+    sl = _slice(plog, 0, 1 << 20)
     assert plog.delete_records(60) == 60
     with sl:
         assert sl.read_bytes() == expected[: sl.length]

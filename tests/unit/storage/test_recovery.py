@@ -12,6 +12,7 @@ import pytest
 
 from streams.errors import CorruptLogError
 from streams.protocol.records import parse_header
+from streams.storage import Store
 
 from .helpers import append, make_batch, open_store, read_all
 
@@ -261,8 +262,10 @@ def test_damaged_indexes_are_rebuilt(pristine, tmp_path: Path) -> None:
     assert _index_files(data_dir) == good
 
 
-def _read(store, offset: int, max_bytes: int) -> bytes:
-    with store.log(TOPIC, 0).read(offset, max_bytes) as sl:
+def _read(store: Store, offset: int, max_bytes: int) -> bytes:
+    sl = store.log(TOPIC, 0).read(offset, max_bytes)
+    assert sl is not None
+    with sl:
         return sl.read_bytes()
 
 
