@@ -590,7 +590,11 @@ class KafkaBroker:
             self.port = 0
 
     def __enter__(self) -> KafkaBroker:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()  # __exit__ does not run when __enter__ fails
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

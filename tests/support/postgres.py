@@ -267,8 +267,7 @@ class PostgresServer:
                 ) from exc
         if result.returncode != 0:
             raise PostgresError(
-                f"initdb failed with exit code {result.returncode}; "
-                f"log {self.log_path}:\n{log_tail(self.log_path)}"
+                f"initdb failed with exit code {result.returncode}; log {self.log_path}:\n{log_tail(self.log_path)}"
             )
         logger.debug("initdb took %.2f s", time.monotonic() - started)
 
@@ -400,7 +399,11 @@ class PostgresServer:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def __enter__(self) -> PostgresServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()  # __exit__ does not run when __enter__ fails
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

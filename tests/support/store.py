@@ -131,9 +131,7 @@ class StoreProcess:
         except BaseException:
             self.kill()
             raise
-        logger.info(
-            "store ready on %s in %.2f s (log: %s)", self.bootstrap, time.monotonic() - started, self.log_path
-        )
+        logger.info("store ready on %s in %.2f s (log: %s)", self.bootstrap, time.monotonic() - started, self.log_path)
         return self
 
     def _wait_ready(self) -> None:
@@ -217,7 +215,11 @@ class StoreProcess:
             return ""
 
     def __enter__(self) -> StoreProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()  # __exit__ does not run when __enter__ fails
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
