@@ -6,8 +6,10 @@ commit (the store has no consumer-group APIs yet).
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -152,3 +154,48 @@ def read_partitions(bootstrap: str, topic: str, counts: dict[int, int], **config
     finally:
         c.close()
     return sorted(recs, key=lambda r: (r.partition, r.offset))
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    """The RecordBatch v2 header fields of one batch as the broker stored it on disk."""
+
+    base_offset: int
+    magic: int
+    codec: int  # 0 none, 1 gzip, 2 snappy, 3 lz4, 4 zstd
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    record_count: int
+
+
+CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def stored_batches(log_dir: Path, topic: str, partition: int) -> list[BatchHeader]:
+    """Parse the batch headers of every segment of ``topic``-``partition`` (Kafka's on-disk layout).
+
+    Kafka and the store both keep ``<topic>-<partition>/<20-digit base offset>.log`` files holding
+    record batches exactly as produced (only BaseOffset and the leader epoch patched), which is what
+    lets a test see the compression and producer id a client really used.
+    """
+    out: list[BatchHeader] = []
+    for segment in sorted((log_dir / f"{topic}-{partition}").glob("*.log")):
+        data = segment.read_bytes()
+        pos = 0
+        while pos + 61 <= len(data):
+            base_offset, length = struct.unpack_from(">qi", data, pos)
+            if length <= 0:
+                break  # preallocated zeros, if any
+            magic = data[pos + 16]
+            (attributes, last_delta, base_ts, max_ts, pid, epoch, base_seq, count) = struct.unpack_from(
+                ">hiqqqhii", data, pos + 21
+            )
+            out.append(
+                BatchHeader(base_offset, magic, attributes & 7, last_delta, base_ts, max_ts, pid, epoch, base_seq, count)
+            )
+            pos += 12 + length
+    return out

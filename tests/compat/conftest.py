@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,8 @@ class Target:
 
     kind: str
     bootstrap: str
+    log_dir: Path
+    """Where the broker keeps ``<topic>-<partition>/<base offset>.log`` (the same layout on both)."""
 
     @property
     def is_store(self) -> bool:
@@ -50,9 +53,9 @@ def broker(request: pytest.FixtureRequest) -> Target:
     """The session's Apache Kafka or a fresh store process (the same scenario runs on both)."""
     if request.param == "kafka":
         kafka: KafkaBroker = request.getfixturevalue("kafka_broker")
-        return Target("kafka", kafka.bootstrap)
+        return Target("kafka", kafka.bootstrap, kafka.dir / "data")
     store: StoreProcess = request.getfixturevalue("store")
-    return Target("store", store.bootstrap)
+    return Target("store", store.bootstrap, store.data_dir)
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +75,6 @@ def broker_no_auto_create(request: pytest.FixtureRequest) -> Target:
     """Kafka or the store, both refusing to create unknown topics on Metadata/Produce."""
     if request.param == "kafka":
         kafka: KafkaBroker = request.getfixturevalue("kafka_no_auto_create")
-        return Target("kafka", kafka.bootstrap)
+        return Target("kafka", kafka.bootstrap, kafka.dir / "data")
     store: StoreProcess = request.getfixturevalue("store_no_auto_create")
-    return Target("store", store.bootstrap)
+    return Target("store", store.bootstrap, store.data_dir)
