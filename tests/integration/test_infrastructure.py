@@ -20,6 +20,7 @@ from tests.support._proc import REPO_ROOT
 from tests.support.kafka import (
     CONSOLE_CONSUMER,
     CONSOLE_PRODUCER,
+    FAST_RESTART_PROPERTIES,
     TOPIC_COMMAND,
     KafkaBroker,
     run_java_source,
@@ -168,6 +169,8 @@ def test_kafka_round_trip_with_kafka_python(kafka_broker: KafkaBroker) -> None:
     admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
     try:
         admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+        # CreateTopics is acknowledged before the broker's metadata cache has the topic (KRaft).
+        admin.wait_for_topics([topic], timeout_ms=30_000)
         assert topic in admin.list_topics()
     finally:
         admin.close()
@@ -278,11 +281,13 @@ def test_java_client_program(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_broker_options_and_lifecycle() -> None:
     """auto_create_topics and server_properties reach the broker; cleanup removes everything."""
-    with KafkaBroker(auto_create_topics=False, server_properties={"num.partitions": "3"}) as broker:
+    props = {"num.partitions": "3", **FAST_RESTART_PROPERTIES}
+    with KafkaBroker(auto_create_topics=False, server_properties=props) as broker:
         directory = broker.dir
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         try:
             admin.create_topics([NewTopic("explicit", num_partitions=-1, replication_factor=-1)])
+            admin.wait_for_topics(["explicit"], timeout_ms=30_000)
             partitions = admin.describe_topics(["explicit"])[0]["partitions"]
         finally:
             admin.close()
@@ -300,7 +305,7 @@ def test_broker_options_and_lifecycle() -> None:
         broker.start()  # recovers from the same log dirs after a crash
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         try:
-            assert "explicit" in admin.list_topics()
+            admin.wait_for_topics(["explicit"], timeout_ms=30_000)
         finally:
             admin.close()
     assert not directory.exists()

@@ -36,6 +36,7 @@ __all__ = [
     "CONSOLE_CONSUMER",
     "CONSOLE_PRODUCER",
     "CONSUMER_GROUP_COMMAND",
+    "FAST_RESTART_PROPERTIES",
     "KAFKA_VERSION",
     "STORAGE_TOOL",
     "TOPIC_COMMAND",
@@ -64,6 +65,11 @@ STORAGE_TOOL = "kafka.tools.StorageTool"
 _BROKER_MAIN = "kafka.Kafka"
 
 _MARKER = ".complete"
+
+FAST_RESTART_PROPERTIES: dict[str, str] = {
+    "broker.session.timeout.ms": "4000",
+    "broker.heartbeat.interval.ms": "500",
+}
 
 
 class KafkaError(RuntimeError):
@@ -374,6 +380,11 @@ class KafkaBroker:
 
     ``auto_create_topics`` sets ``auto.create.topics.enable``; ``server_properties`` adds or
     overrides any ``server.properties`` entry. The broker logs to ``log_path``, shown on failure.
+
+    After ``kill()``, ``start()`` takes about ``broker.session.timeout.ms`` (9 s) longer: the
+    controller refuses the new registration until the dead broker's session expires. Crash tests
+    may lower it (:data:`FAST_RESTART_PROPERTIES`); the shared broker keeps the default, so a
+    busy machine cannot fence it.
     """
 
     def __init__(
@@ -449,10 +460,6 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            # After a kill the controller refuses the restarted broker's registration until the old
-            # session times out (default 9 s); keep crash-restart tests quick.
-            "broker.session.timeout.ms": "4000",
-            "broker.heartbeat.interval.ms": "500",
             "auto.create.topics.enable": "true" if self.auto_create_topics else "false",
         }
         props.update(self.extra_properties)

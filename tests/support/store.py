@@ -46,7 +46,7 @@ class StoreProcess:
         extra_args: Sequence[str] = (),
         work_dir: Path | None = None,
         env: Mapping[str, str] | None = None,
-        start_timeout: float = 30.0,
+        start_timeout: float = 60.0,
         python: str = sys.executable,
     ) -> None:
         self._own_work_dir = work_dir is None
