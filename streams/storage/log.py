@@ -16,7 +16,6 @@ it (a consumer never sees a record a crash could take back).
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -235,20 +234,20 @@ class PartitionLog:
         if self._should_roll(seg, header, now_ms):
             seg = self._roll()
         base = self.log_end_offset
+        last = base + header.last_offset_delta
         patch_base_offset(batch, 0, base)
-        stored = dataclasses.replace(header, base_offset=base, partition_leader_epoch=0)
         try:
-            seg.append(batch, stored, now_ms)
+            seg.append(batch, header, base, now_ms)
         except OSError as exc:
             raise StorageError(
                 f"cannot write to {seg.log_path} ({exc}); the batch was not appended, retry later "
                 "(if the disk is full, free space)",
             ) from exc
-        self.log_end_offset = stored.last_offset + 1
-        self.producers.update(stored, base, stored.last_offset)
+        self.log_end_offset = last + 1
+        self.producers.update(header, base, last)
         if not self._unsynced or self._unsynced[-1] is not seg:
             self._unsynced.append(seg)
-        return AppendResult(base, stored.last_offset, self.log_start_offset)
+        return AppendResult(base, last, self.log_start_offset)
 
     def _should_roll(self, seg: Segment, header: BatchHeader, now_ms: int) -> bool:
         if seg.empty:

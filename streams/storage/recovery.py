@@ -262,7 +262,9 @@ def recover_partition(
                 break
 
             def note(position: int, header: BatchHeader, seg: Segment = seg) -> None:
-                seg.note_batch(position, header)
+                seg.note_batch(
+                    position, header.size, header.base_offset, header.last_offset, header.max_timestamp
+                )
                 producers.update(header, header.base_offset, header.last_offset)
 
             bad = scan_segment(seg, verify_from=recovery_point, expected_offset=expected, on_batch=note)

@@ -150,23 +150,31 @@ class Segment:
     def empty(self) -> bool:
         return self.next_offset == self.base_offset
 
-    def note_batch(self, position: int, header: BatchHeader, first_seen_ms: int | None = None) -> None:
+    def note_batch(
+        self,
+        position: int,
+        size: int,
+        base_offset: int,
+        last_offset: int,
+        max_timestamp: int,
+        first_seen_ms: int | None = None,
+    ) -> None:
         """Account for a batch at ``position`` (just appended, or found by the open scan)."""
-        if self.empty:
+        if self.next_offset == self.base_offset:  # first batch of the segment
             self.rolling_base_ms = first_seen_ms
-            if first_seen_ms is None and 0 < header.max_timestamp <= time.time() * 1000:
-                self.rolling_base_ms = header.max_timestamp
+            if first_seen_ms is None and 0 < max_timestamp <= time.time() * 1000:
+                self.rolling_base_ms = max_timestamp
+        self.max_timestamp = max(self.max_timestamp, max_timestamp)
         if position > 0 and self._since_index >= self.index_interval_bytes:
-            self.index.append(header.base_offset, position)
-            self.time_index.maybe_append(max(self.max_timestamp, header.max_timestamp), header.base_offset)
+            self.index.append(base_offset, position)
+            self.time_index.maybe_append(self.max_timestamp, base_offset)
             self._since_index = 0
-        self._since_index += header.size
-        self.max_timestamp = max(self.max_timestamp, header.max_timestamp)
-        self.next_offset = header.last_offset + 1
-        self._last_batch_offset = header.base_offset
+        self._since_index += size
+        self.next_offset = last_offset + 1
+        self._last_batch_offset = base_offset
 
-    def append(self, batch: bytearray, header: BatchHeader, now_ms: int) -> int:
-        """Write one batch (offsets already patched) at the end; returns its position.
+    def append(self, batch: bytearray, header: BatchHeader, base_offset: int, now_ms: int) -> int:
+        """Write one batch (already patched to ``base_offset``) at the end; returns its position.
 
         On a write error the file is cut back to its previous size, so a failed append leaves
         nothing behind; if even that fails the error says the log is in an unknown state.
@@ -183,8 +191,11 @@ class Segment:
                     "so recovery can cut the partial batch",
                 ) from exc
             raise
-        self.size = position + len(batch)
-        self.note_batch(position, header, now_ms)
+        size = len(batch)
+        self.size = position + size
+        self.note_batch(
+            position, size, base_offset, base_offset + header.last_offset_delta, header.max_timestamp, now_ms
+        )
         return position
 
     def header_at(self, position: int) -> BatchHeader:
