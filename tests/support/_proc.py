@@ -1,8 +1,9 @@
 """Process helpers shared by the test servers: free ports, parent-death signals, log tails.
 
-Every server a test starts is a child of the test process. On Linux the child asks the kernel for
-SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), so a test run that is killed hard (SIGKILL,
-a CI timeout) leaves no broker or database behind; orderly exits go through ``stop()``/atexit.
+Every server a test starts is a child of the test process. On Linux a child started from the main
+thread asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), so a test run that
+is killed hard (SIGKILL, a CI timeout) leaves no broker or database behind; orderly exits go
+through ``stop()`` and, as a backstop, an atexit hook that kills every server still registered.
 """
 
 from __future__ import annotations
@@ -144,15 +145,21 @@ def log_tail(path: Path, max_bytes: int = 8000) -> str:
     return text
 
 
+def _death_hook() -> Callable[[], None] | None:
+    # The kernel's "parent" is the spawning *thread*: a child started from a worker thread would be
+    # killed when that thread ends, so only children of the main thread get the parent-death signal.
+    return kill_on_parent_death if threading.current_thread() is threading.main_thread() else None
+
+
 def popen(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
     """``subprocess.Popen`` for a server child: killed by the kernel if the test process dies.
 
     ``preexec_fn`` is unsafe only if another thread holds a lock the child needs between fork and
     exec; ``kill_on_parent_death`` calls nothing but prctl, so that cannot happen here.
     """
-    return subprocess.Popen(cmd, preexec_fn=kill_on_parent_death, **kwargs)  # noqa: PLW1509
+    return subprocess.Popen(cmd, preexec_fn=_death_hook(), **kwargs)  # noqa: PLW1509
 
 
 def run(cmd: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
     """``subprocess.run`` (without ``check``) for a child that must not outlive the test process."""
-    return subprocess.run(cmd, check=False, preexec_fn=kill_on_parent_death, **kwargs)
+    return subprocess.run(cmd, check=False, preexec_fn=_death_hook(), **kwargs)
