@@ -29,7 +29,7 @@ from streams.protocol.records import BatchHeader, patch_base_offset
 
 from .config import TopicConfig
 from .errors import OffsetOutOfRangeError, RecordTooLargeError
-from .files import pread_exact
+from .files import fsync_dir, pread_exact
 from .producers import ProducerState
 from .recovery import recover_partition
 from .segment import INT32_MAX, HeaderReader, Segment
@@ -466,6 +466,9 @@ class PartitionLog:
         if seg in self._unsynced:
             self._unsynced.remove(seg)
         seg.delete()
+        # Make each deletion durable before the next: if a power loss kept an older segment but
+        # lost a newer one, the log would have a gap below the recovery point and go offline.
+        fsync_dir(self.path)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

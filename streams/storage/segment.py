@@ -198,9 +198,6 @@ class Segment:
         )
         return position
 
-    def header_at(self, position: int) -> BatchHeader:
-        return HeaderReader(self.fd, self.size, HEADER_SIZE).header(position)
-
     def truncate(self, position: int) -> None:
         """Cut the ``.log`` at ``position`` (recovery only; indexes are rebuilt afterwards)."""
         os.ftruncate(self.fd, position)

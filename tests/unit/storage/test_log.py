@@ -279,3 +279,29 @@ def test_offset_for_timestamp_non_monotonic(store: Store) -> None:
     assert plog.offset_for_timestamp(600) == (1, 900)
     assert plog.offset_for_timestamp(920) == (4, 950)
     assert plog.offset_for_timestamp(150) == (0, 500)
+
+
+def test_failed_write_leaves_nothing_behind(store: Store) -> None:
+    """A write that fails midway (here EFBIG from RLIMIT_FSIZE, like ENOSPC) is undone and retriable."""
+    import resource
+
+    store.create_topic("t", 1)
+    plog = store.log("t", 0)
+    append(plog, 2)
+    seg = plog._segments[-1]
+    size_before = seg.size
+    batch, header = make_batch(5, value_size=400)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size_before + 100, hard))
+    try:
+        with pytest.raises(StorageError, match="not appended, retry") as info:
+            plog.append(batch, header, 1_000, 1 << 20)
+        assert not isinstance(info.value, FatalStorageError)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert os.fstat(seg.fd).st_size == size_before == seg.size
+    assert plog.log_end_offset == 2
+    batch, header = make_batch(5, value_size=400)
+    assert plog.append(batch, header, 1_000, 1 << 20).base_offset == 2
+    plog.sync()
+    assert record_offsets(read_all(plog)) == list(range(7))
