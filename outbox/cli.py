@@ -1,0 +1,26 @@
+"""The ``outbox`` command: one entry point for every part of the platform."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="outbox",
+        description="Outbox Streams: transactional outbox, relay, stream store and consumer SDK.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    streams_parser = sub.add_parser("streams", help="run and operate the built-in stream store")
+    from streams.cli import add_subcommands
+
+    add_subcommands(streams_parser)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
