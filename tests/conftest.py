@@ -10,6 +10,7 @@ them on failures and Ctrl-C, and SIGTERM to pytest is turned into an interrupt s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -126,21 +127,20 @@ def _resolve_kafka_jars_visibly(config: pytest.Config) -> None:
     if kafka_jars_cached():
         return
     capture = config.pluginmanager.getplugin("capturemanager")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("\n[kafka jars] %(message)s"))
-    kafka_logger = logging.getLogger("tests.support.kafka")
-    previous_level = kafka_logger.level
-    kafka_logger.addHandler(handler)
-    kafka_logger.setLevel(logging.INFO)
-    try:
-        if capture is not None:
-            with capture.global_and_fixture_disabled():
-                kafka_jars()
-        else:
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        # Created inside the block: sys.stderr is pytest's capture buffer outside it.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[kafka jars] %(message)s"))
+        kafka_logger = logging.getLogger("tests.support.kafka")
+        previous_level = kafka_logger.level
+        kafka_logger.addHandler(handler)
+        kafka_logger.setLevel(logging.INFO)
+        try:
+            sys.stderr.write("\n")
             kafka_jars()
-    finally:
-        kafka_logger.removeHandler(handler)
-        kafka_logger.setLevel(previous_level)
+        finally:
+            kafka_logger.removeHandler(handler)
+            kafka_logger.setLevel(previous_level)
 
 
 @pytest.fixture(scope="session")
