@@ -17,6 +17,7 @@ from typing import Any, TypeAlias
 from kafka.protocol.admin.topics import CreateTopicsResponse, DeleteTopicsResponse
 from kafka.protocol.consumer.offsets import ListOffsetsResponse
 from kafka.protocol.metadata.api_versions import ApiVersionsResponse
+from kafka.protocol.metadata.find_coordinator import FindCoordinatorResponse
 from kafka.protocol.metadata.metadata import MetadataResponse
 from kafka.protocol.producer.produce import ProduceResponse
 from kafka.protocol.producer.transaction import InitProducerIdResponse
@@ -69,6 +70,7 @@ class Broker:
             ApiKey.LIST_OFFSETS: self.list_offsets,
             ApiKey.METADATA: self.metadata,
             ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.FIND_COORDINATOR: self.find_coordinator,
             ApiKey.CREATE_TOPICS: self.create_topics,
             ApiKey.DELETE_TOPICS: self.delete_topics,
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
@@ -92,6 +94,31 @@ class Broker:
 
     def api_versions(self, request: DecodedRequest) -> Reply:
         response = ApiVersionsResponse(error_code=0, api_keys=api_versions_entries(), throttle_time_ms=0)
+        return [encode_response(request, response)]
+
+    # -- FindCoordinator -----------------------------------------------------------------------
+
+    def find_coordinator(self, request: DecodedRequest) -> Reply:
+        """This node coordinates every group. (It also lets librdkafka < 2.11.1 enable LZ4, which
+        it gates on the broker advertising FindCoordinator.)"""
+        if request.version >= 1 and request.body.key_type != 0:
+            response = FindCoordinatorResponse(
+                throttle_time_ms=0,
+                error_code=ErrorCode.COORDINATOR_NOT_AVAILABLE,
+                error_message="transactions are not supported by this store",
+                node_id=-1,
+                host="",
+                port=-1,
+            )
+        else:
+            response = FindCoordinatorResponse(
+                throttle_time_ms=0,
+                error_code=ErrorCode.NONE,
+                error_message=None,
+                node_id=self.config.node_id,
+                host=self.advertised_host,
+                port=self.advertised_port,
+            )
         return [encode_response(request, response)]
 
     # -- Metadata ------------------------------------------------------------------------------
