@@ -45,6 +45,7 @@ class Flusher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._stopping = False
         self.rounds = 0
         self.syncs = 0
 
@@ -52,17 +53,17 @@ class Flusher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="flusher")
 
     async def stop(self) -> None:
-        """Finish outstanding syncs (so acks that are owed go out) and stop."""
+        """Finish the round in progress and sync what is left (so owed acks go out), then stop.
+
+        The task is never cancelled mid-round: a cancelled round would leave sync tickets begun
+        but never finished, and acknowledgements owed to clients unsent.
+        """
         if self._task is None:
             return
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        self._stopping = True
+        self._wakeup.set()
+        await self._task
         self._task = None
-        if self._failed is None and self._dirty:
-            await self._round()
 
     @property
     def failed(self) -> bool:
@@ -110,17 +111,23 @@ class Flusher:
         return watch
 
     async def _run(self) -> None:
-        interval = None if self._policy.always else self._policy.interval_ms / 1000  # type: ignore[operator]
-        while True:
+        interval = None if self._policy.interval_ms is None else self._policy.interval_ms / 1000
+        while not self._stopping:
             if interval is None:
                 await self._wakeup.wait()
                 self._wakeup.clear()
             else:
-                await asyncio.sleep(interval)
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=interval)
+                except TimeoutError:
+                    pass
+                self._wakeup.clear()
             if self._dirty:
                 await self._round()
             if self._failed is not None:
                 return
+        while self._dirty and self._failed is None:
+            await self._round()
 
     async def _round(self) -> None:
         logs = list(self._dirty.values())
@@ -130,7 +137,7 @@ class Flusher:
             loop = asyncio.get_running_loop()
             try:
                 await loop.run_in_executor(None, _run_tickets, [t for _, t in tickets])
-            except BaseException as exc:
+            except Exception as exc:
                 self._fail(exc)
                 return
             self.syncs += len(tickets)

@@ -89,7 +89,6 @@ SHUTDOWN_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=SHUTDOWN_BUG)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_with_producers_in_flight_exits_0_after_syncing_and_checkpointing(store_factory, rng, sig) -> None:
     topic = "graceful"
