@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaTimeoutError
 
+from tests.conftest import StoreFactory
 from tests.support._proc import REPO_ROOT
 from tests.support.kafka import (
     CONSOLE_CONSUMER,
@@ -310,3 +311,26 @@ def test_broker_options_and_lifecycle() -> None:
             admin.close()
     assert not directory.exists()
     assert not _alive(pid)
+
+
+# -- the stream store -------------------------------------------------------------------------
+
+
+def test_store_fixture_restarts_on_the_same_port_and_data(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    port = store.port
+    assert port != 0
+    producer = KafkaProducer(bootstrap_servers=store.bootstrap, acks="all")
+    try:
+        producer.send("infra", key=b"k", value=b"before-restart").get(timeout=30)
+    finally:
+        producer.close()
+
+    store.restart()  # SIGTERM, then the same --data-dir and --listen port
+    assert store.port == port
+    store.restart(kill=True)  # SIGKILL: an acknowledged record survives a crash
+    assert store.port == port
+
+    assert _consume(store.bootstrap, [TopicPartition("infra", 0)], 1) == [(0, b"k", b"before-restart")]
+    assert store.stop() == 0
+    assert "--- start #3:" in store.log_text()
