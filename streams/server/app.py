@@ -73,6 +73,7 @@ async def serve(config: ServerConfig, store_config: storage.StoreConfig) -> int:
             loop.create_task(_checkpoints(store, config.checkpoint_interval_s), name="checkpoint"),
             loop.create_task(_every(config.retention_check_interval_s, lambda: _retention(store)), name="retention"),
             loop.create_task(_every(1.0, lambda: _sweep(connections)), name="timeouts"),
+            loop.create_task(_scrub(store), name="scrub"),
         ]
         log.info(
             "listening on %s:%d (advertised as %s:%d), data dir %s, fsync %s, ready in %.2fs",
@@ -138,6 +139,20 @@ async def _checkpoints(store: storage.Store, seconds: float) -> None:
                 await loop.run_in_executor(None, ticket.run)
             except OSError:
                 log.exception("writing the recovery checkpoint failed; will retry")
+
+
+async def _scrub(store: storage.Store, step_bytes: int = 4 << 20, per_second: int = 32 << 20) -> None:
+    """CRC-check, in the background, old data that recovery only header-checked at start-up."""
+    while True:
+        done = 0
+        for plog in list(store.logs()):
+            while done < per_second:
+                checked = plog.scrub(step_bytes)
+                if not checked:
+                    break
+                done += checked
+                await asyncio.sleep(0)
+        await asyncio.sleep(1.0)
 
 
 def _retention(store: storage.Store) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from kafka.record.default_records import DefaultRecordBatch
 
 from streams.errors import CorruptLogError, FatalStorageError, StorageError
-from streams.protocol.records import BatchHeader, patch_base_offset
+from streams.protocol.records import BatchHeader, InvalidBatch, parse_header, patch_base_offset, validate_batch
 
 from .config import TopicConfig
 from .errors import OffsetOutOfRangeError, RecordTooLargeError
@@ -376,7 +376,65 @@ class PartitionLog:
                     break
                 end += nxt.size
                 last = nxt.last_offset
+        if position < seg.unverified_end and end > seg.verified_upto:
+            self._verify(seg, position, end)
         return ReadSlice(os.dup(seg.fd), position, end - position, header.base_offset, last)
+
+    def _verify(self, seg: Segment, position: int, end: int) -> None:
+        """CRC-check batches of ``[position, end)`` that only had their headers checked at open.
+
+        Data below the recovery point is trusted at open (a full scan would make start-up
+        proportional to the store's size), so it is verified lazily instead: on its first read
+        and by :meth:`scrub`. A mismatch takes the partition offline rather than serving it.
+        ``position`` and ``end`` must be batch boundaries.
+        """
+        lo = max(position, seg.verified_upto)
+        hi = min(end, seg.unverified_end)
+        if lo >= hi:
+            return
+        data = pread_exact(seg.fd, hi - lo, lo)
+        pos = 0
+        while pos < len(data):
+            try:
+                header = validate_batch(data, pos)
+            except InvalidBatch as exc:
+                offset = parse_header(data, pos).base_offset if len(data) - pos >= 61 else -1
+                self.offline_reason = (
+                    f"{seg.log_path} is corrupt at position {lo + pos} (offset {offset}), in acknowledged "
+                    f"data: {exc}. The store will not serve or truncate it; restore {self.path} from a "
+                    "backup, or delete that directory to restart the partition empty (its data is then lost)"
+                )
+                log.error("partition offline: %s", self.offline_reason)
+                raise CorruptLogError(f"partition {self.name} is offline: {self.offline_reason}") from exc
+            pos += header.size
+        if lo == seg.verified_upto:
+            seg.verified_upto = hi
+            if hi >= seg.unverified_end:
+                seg.verified_upto = seg.unverified_end = 0
+
+    def scrub(self, budget_bytes: int) -> int:
+        """Verify up to about ``budget_bytes`` of not-yet-verified data; returns bytes checked.
+
+        Meant to run periodically in the background, so corruption of old acknowledged data is
+        found (and the partition taken offline) before a consumer asks for it.
+        """
+        if self.offline_reason is not None or self._closed:
+            return 0
+        for seg in self._segments:
+            if seg.verified_upto >= seg.unverified_end:
+                continue
+            lo = seg.verified_upto
+            reader = HeaderReader(seg.fd, seg.unverified_end, _SCAN_CHUNK)
+            hi = lo
+            while hi < seg.unverified_end and (hi == lo or hi - lo < budget_bytes):
+                hi += reader.header(hi).size
+            hi = min(hi, seg.unverified_end)
+            try:
+                self._verify(seg, lo, hi)
+            except CorruptLogError:
+                pass  # the partition is offline now; _verify logged why
+            return hi - lo
+        return 0
 
     def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the earliest record with timestamp >= ``timestamp``, below the HW.

@@ -157,8 +157,12 @@ def scan_segment(
     trusted_reader = HeaderReader(seg.fd, end, _HEADER_CHUNK)
     verify_reader = HeaderReader(seg.fd, end, _VERIFY_CHUNK)
     position = 0
+    seg.verified_upto = 0
+    seg.unverified_end = end
     while position < end:
         verify = expected_offset >= verify_from
+        if verify and seg.unverified_end > position:
+            seg.unverified_end = position
         reader = verify_reader if verify else trusted_reader
         try:
             header = reader.header(position)

@@ -90,6 +90,11 @@ class Segment:
         self.time_index = TimeIndex(directory / f"{name}.timeindex", base_offset)
         self._since_index = 0
         self._last_batch_offset = base_offset
+        # Batches in [verified_upto, unverified_end) have had only their headers checked (data
+        # below the recovery point at open); everything else passed a CRC-32C check, at produce
+        # time or by recovery. Reads and the scrubber verify that range before trusting it.
+        self.verified_upto = 0
+        self.unverified_end = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 

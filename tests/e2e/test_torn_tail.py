@@ -346,12 +346,6 @@ def test_damage_below_the_checkpoint_takes_only_that_partition_offline_and_is_ne
             _assert_offline(store, client, "acked", p, files[p])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recovery checks only batch headers below the recovery point and Fetch does not verify CRCs, "
-    "so a flipped byte inside checkpointed record data is served as if valid (README: 'corruption "
-    "inside checkpointed data ... that partition goes offline')",
-)
 def test_flipped_record_byte_below_the_checkpoint_is_reported_not_served(store_factory, rng) -> None:
     store, seeded, other = _seed_clean(store_factory, rng, 2)
     victim = seeded[0].batches[2]

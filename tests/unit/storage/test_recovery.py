@@ -14,7 +14,7 @@ from streams.errors import CorruptLogError
 from streams.protocol.records import parse_header
 from streams.storage import Store
 
-from .helpers import append, make_batch, open_store, read_all
+from .helpers import append, make_batch, open_store, read_all, record_offsets
 
 TOPIC = "t"
 
@@ -195,15 +195,41 @@ def test_corruption_below_recovery_point_takes_partition_offline(pristine, tmp_p
         store.close()
 
 
-def test_payload_corruption_below_recovery_point_is_not_scanned(pristine, tmp_path: Path) -> None:
-    """Trusted data gets header checks only (as in Kafka); a consumer's CRC check catches this."""
+def test_payload_corruption_below_recovery_point_is_found_on_read_not_at_open(pristine, tmp_path: Path) -> None:
+    """Trusted data gets header checks only at open (start-up stays fast, as in Kafka), but it is
+    CRC-checked before it is first served: a flipped payload byte takes the partition offline."""
     data_dir = _copy(pristine, tmp_path)
-    _flip(data_dir, pristine[1], 5, 70)
+    _flip(data_dir, pristine[1], 5, 70)  # offsets 10-11
     store = _open(data_dir)
     try:
         plog = store.log(TOPIC, 0)
         assert plog.offline_reason is None
         assert plog.log_end_offset == 60
+        with plog.read(0, 1) as first:  # batches before the damage are served
+            assert record_offsets(first.read_bytes()) == [0, 1]
+        with pytest.raises(CorruptLogError, match=r"corrupt at position \d+ \(offset 10\)"):
+            read_all(plog, 0)
+        assert plog.offline_reason is not None and "backup" in plog.offline_reason
+    finally:
+        store.close()
+
+
+def test_scrub_finds_payload_corruption_before_anyone_reads_it(pristine, tmp_path: Path) -> None:
+    data_dir = _copy(pristine, tmp_path)
+    _flip(data_dir, pristine[1], 7, 80)
+    store = _open(data_dir)
+    try:
+        plog = store.log(TOPIC, 0)
+        other = store.log(TOPIC, 1)
+        checked = 0
+        while (step := plog.scrub(300)) and plog.offline_reason is None:
+            checked += step
+        assert plog.offline_reason is not None and "offset 14" in plog.offline_reason
+        while other.scrub(300):
+            pass
+        assert other.offline_reason is None
+        assert other.scrub(300) == 0  # everything verified: nothing left to do
+        assert record_offsets(read_all(other)) == list(range(other.log_start_offset, other.high_watermark))
     finally:
         store.close()
 
