@@ -9,8 +9,8 @@ Phases per system, in this order:
   produce  batching producers (linger.ms=5, ~1 MB batches, idempotent) write ``--messages`` records
   fetch    one catch-up consumer reads that topic from the beginning with assign()
   1-rec    producers that send ONE record per request (linger.ms=0, batch.num.messages=1,
-           5 in flight each) for ``--single-seconds``
-  latency  one producer at a fixed 2,000 msg/s (linger.ms=0); produce() -> delivery report
+           5 in flight each, not idempotent: see _kafka_clients.SINGLE) for ``--single-seconds``
+  latency  one producer at a fixed 2,000 msg/s (linger.ms=0, not idempotent); produce() -> delivery report
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class Settings:
     producers: int
     single_producers: int
     nats_window: int
+    warmup_seconds: float
     work_dir: Path
     store_args: list[str]
     profile_store: Path | None
@@ -127,7 +128,7 @@ def _phase(res: SystemResult, name: str, fn: Callable[[], PhaseResult]) -> None:
 def _kafka_phases(res: SystemResult, bootstrap: str, server_pid: int | None, st: Settings, group_id: str | None) -> None:
     from bench import _kafka_clients as kc
 
-    topics = {"produce": "bench-batched", "single": "bench-single", "latency": "bench-latency"}
+    topics = {"produce": "bench-batched", "single": "bench-single", "latency": "bench-latency", "warmup": "bench-warmup"}
     try:
         kc.create_topics(bootstrap, list(topics.values()))
     except Exception as exc:
@@ -150,10 +151,7 @@ def _kafka_phases(res: SystemResult, bootstrap: str, server_pid: int | None, st:
         args = [{"bootstrap": bootstrap, "topic": topics["produce"], "messages": 1 << 62,
                  "max_seconds": st.fetch_seconds, "group_id": group_id}]
         results = run_workers(kc.fetch, args, f"{res.spec.key} fetch", timeout=st.fetch_seconds + 120, server_pid=server_pid)
-        out = aggregate(results)
-        if out.count < results[0]["expected"]:
-            out.note = f"read {out.count:,} of {results[0]['expected']:,} (time cap) " + out.note
-        return out
+        return _fetch_result(results, "assign() from the beginning")
 
     def single() -> PhaseResult:
         n = max(1, st.single_producers)
@@ -166,7 +164,7 @@ def _kafka_phases(res: SystemResult, bootstrap: str, server_pid: int | None, st:
         ]
         out = aggregate(run_workers(kc.produce, args, f"{res.spec.key} 1-rec", timeout=st.single_seconds + 180,
                                     server_pid=server_pid))
-        out.note = f"{n} producers x 5 in flight in {procs} processes; " + out.note
+        out.note = f"{n} non-idempotent producers x 5 in flight in {procs} processes; " + out.note
         return out
 
     def latency() -> PhaseResult:
@@ -175,6 +173,15 @@ def _kafka_phases(res: SystemResult, bootstrap: str, server_pid: int | None, st:
         return aggregate(run_workers(kc.produce_latency, args, f"{res.spec.key} latency",
                                      timeout=st.latency_seconds + 120, server_pid=server_pid))
 
+    if st.warmup_seconds > 0:
+        log(f"{res.spec.key}: warm-up ({st.warmup_seconds:g} s batched + {st.warmup_seconds:g} s one-record, not reported)")
+        try:
+            for conf, instances in ((kc.BATCHED, 1), (kc.SINGLE, 4)):
+                args = [{"bootstrap": bootstrap, "topic": "bench-warmup", "conf": conf, "messages": 1 << 62,
+                         "max_seconds": st.warmup_seconds, "instances": instances}] * p
+                run_workers(kc.produce, args, f"{res.spec.key} warm-up", timeout=st.warmup_seconds + 120)
+        except BenchError as exc:
+            res.notes.append(f"warm-up failed: {str(exc).splitlines()[-1]}")
     _phase(res, "produce", produce)
     if "produce" in res.phases:
         _phase(res, "fetch", fetch)
@@ -185,8 +192,16 @@ def _kafka_phases(res: SystemResult, bootstrap: str, server_pid: int | None, st:
 def _nats_phases(res: SystemResult, url: str, server_pid: int | None, st: Settings) -> None:
     from bench import _nats
 
-    _nats.create_streams(url, ["BATCHED", "SINGLE", "LATENCY"])
+    _nats.create_streams(url, ["BATCHED", "SINGLE", "LATENCY", "WARMUP"])
     p = max(1, st.producers)
+    if st.warmup_seconds > 0:
+        log(f"jetstream: warm-up ({st.warmup_seconds:g} s, not reported)")
+        args = [{"url": url, "subject": "WARMUP", "mode": "window", "window": st.nats_window, "messages": 1 << 62,
+                 "max_seconds": st.warmup_seconds}] * p
+        try:
+            run_workers(_nats.produce, args, "jetstream warm-up", timeout=st.warmup_seconds + 120)
+        except BenchError as exc:
+            res.notes.append(f"warm-up failed: {str(exc).splitlines()[-1]}")
 
     def produce() -> PhaseResult:
         share = [st.messages // p + (1 if i < st.messages % p else 0) for i in range(p)]
@@ -200,10 +215,7 @@ def _nats_phases(res: SystemResult, url: str, server_pid: int | None, st: Settin
     def fetch() -> PhaseResult:
         args = [{"url": url, "stream": "BATCHED", "subject": "BATCHED", "messages": 1 << 62, "max_seconds": st.fetch_seconds}]
         results = run_workers(_nats.fetch, args, "jetstream fetch", timeout=st.fetch_seconds + 120, server_pid=server_pid)
-        out = aggregate(results)
-        out.note = "ordered push consumer (ack none) with a callback; " + (
-            f"read {out.count:,} of {results[0]['expected']:,} (time cap)" if out.count < results[0]["expected"] else "")
-        return out
+        return _fetch_result(results, "ordered push consumer (ack none) with a callback")
 
     def single() -> PhaseResult:
         n = max(1, st.single_producers) * 5  # as many in flight as the Kafka clients' 5 per producer
@@ -225,6 +237,15 @@ def _nats_phases(res: SystemResult, url: str, server_pid: int | None, st: Settin
         _phase(res, "fetch", fetch)
     _phase(res, "single", single)
     _phase(res, "latency", latency)
+
+
+def _fetch_result(results: list[dict[str, Any]], how: str) -> PhaseResult:
+    out = aggregate(results)
+    r = results[0]
+    capped = f", read {r['read']:,} of {r['expected']:,} (time cap)" if r["read"] < r["expected"] else ""
+    out.note = (f"{how}; timed from the first delivered batch (start-up to it {r['startup']:.2f} s, "
+                f"not counted){capped}; {out.note}")
+    return out
 
 
 def _store_process(st: Settings, work: Path) -> Any:
@@ -303,6 +324,8 @@ def run_system(key: str, st: Settings) -> SystemResult:
 
 
 def machine_facts(st: Settings) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import confluent_kafka
 
     cpu_model = ""
@@ -316,11 +339,10 @@ def machine_facts(st: Settings) -> list[str]:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     probe = fsync_probe(st.work_dir)
     try:
-        import nats
-
-        nats_py = getattr(nats, "__version__", "?")
-    except ImportError:
-        nats_py = "not installed"
+        nats_py = version("nats-py")
+        ck = version("confluent-kafka")
+    except PackageNotFoundError:
+        nats_py = ck = "not installed"
     from bench._nats import nats_version
 
     try:
@@ -336,7 +358,7 @@ def machine_facts(st: Settings) -> list[str]:
         f"({_fs_of(st.work_dir)})",
         f"fsync now: 4 KiB append+fdatasync {probe['append4k_ops']:,.0f}/s (p50 {probe['append4k_p50_us']:.0f} us); "
         f"8 KiB overwrite+fdatasync {probe['overwrite8k_ops']:,.0f}/s (p50 {probe['overwrite8k_p50_us']:.0f} us)",
-        f"clients: confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]}), "
+        f"clients: confluent-kafka {ck} (librdkafka {confluent_kafka.libversion()[0]}), "
         f"nats-py {nats_py}; servers: Apache Kafka {KAFKA_VERSION} (heap 1g), {nats_version()}, store at {head}",
         f"all clients and servers share these {os.cpu_count()} cores: every figure is client+server on one box; "
         f"producers run in {st.producers} processes",
@@ -462,6 +484,20 @@ def report(results: Sequence[SystemResult], st: Settings) -> str:
     return "\n".join(out)
 
 
+def print_profile(path: Path, limit: int = 30) -> None:
+    """The store's hot spots from its cProfile stats (main thread only: cProfile sees no other thread)."""
+    import io
+    import pstats
+
+    for key in ("tottime", "cumulative"):
+        buf = io.StringIO()
+        pstats.Stats(str(path), stream=buf).strip_dirs().sort_stats(key).print_stats(limit)
+        text = buf.getvalue()
+        start = text.find("   ncalls")
+        print(f"\nstore profile ({path}), top {limit} by {key}:")
+        print(text[start:].rstrip() if start >= 0 else text.rstrip())
+
+
 # -- CLI ------------------------------------------------------------------------------------------------
 
 
@@ -474,6 +510,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Settings]:
     ap.add_argument("--max-seconds", type=float, help="cap of the batching produce and of the fetch phase (default 30; quick 8)")
     ap.add_argument("--single-seconds", type=float, help="length of the one-record-per-request phase (default 10; quick 3)")
     ap.add_argument("--latency-seconds", type=float, help="length of the latency phase (default 10; quick 3)")
+    ap.add_argument("--warmup-seconds", type=float,
+                    help="untimed produce before the measured phases, per mode (default 3; quick 1; 0 = none)")
     ap.add_argument("--rate", type=float, default=2000.0, help="msg/s of the latency phase (default 2000)")
     ap.add_argument("--producers", type=int, default=2, help="producer processes (default 2, one per core here)")
     ap.add_argument("--single-producers", type=int, default=8,
@@ -502,6 +540,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Settings]:
         producers=a.producers,
         single_producers=a.single_producers,
         nats_window=a.nats_window,
+        warmup_seconds=a.warmup_seconds if a.warmup_seconds is not None else (1.0 if a.quick else 3.0),
         work_dir=work,
         store_args=shlex.split(a.store_args),
         profile_store=a.profile_store,
@@ -532,6 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not st.keep and st.own_work_dir:
             shutil.rmtree(st.work_dir, ignore_errors=True)
     print(report(results, st))
+    if st.profile_store is not None and st.profile_store.exists():
+        print_profile(st.profile_store)
     print(f"\n(whole run: {time.monotonic() - started:.0f} s)")
     return 0
 
