@@ -14,13 +14,49 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kafka.protocol.admin.configs import (
+    AlterConfigsRequest,
+    AlterConfigsResponse,
+    DescribeConfigsRequest,
+    DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse,
+)
+from kafka.protocol.admin.groups import (
+    DeleteGroupsRequest,
+    DeleteGroupsResponse,
+    DescribeGroupsRequest,
+    DescribeGroupsResponse,
+    ListGroupsRequest,
+    ListGroupsResponse,
+)
 from kafka.protocol.admin.topics import (
+    CreatePartitionsRequest,
+    CreatePartitionsResponse,
     CreateTopicsRequest,
     CreateTopicsResponse,
+    DeleteRecordsRequest,
+    DeleteRecordsResponse,
     DeleteTopicsRequest,
     DeleteTopicsResponse,
 )
 from kafka.protocol.consumer.fetch import FetchRequest, FetchResponse
+from kafka.protocol.consumer.group import (
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JoinGroupRequest,
+    JoinGroupResponse,
+    LeaveGroupRequest,
+    LeaveGroupResponse,
+    OffsetCommitRequest,
+    OffsetCommitResponse,
+    OffsetDeleteRequest,
+    OffsetDeleteResponse,
+    OffsetFetchRequest,
+    OffsetFetchResponse,
+    SyncGroupRequest,
+    SyncGroupResponse,
+)
 from kafka.protocol.consumer.offsets import ListOffsetsRequest, ListOffsetsResponse
 from kafka.protocol.metadata.api_versions import ApiVersionsRequest, ApiVersionsResponse
 from kafka.protocol.metadata.find_coordinator import FindCoordinatorRequest, FindCoordinatorResponse
@@ -50,11 +86,26 @@ class ApiKey:
     FETCH = 1
     LIST_OFFSETS = 2
     METADATA = 3
+    OFFSET_COMMIT = 8
+    OFFSET_FETCH = 9
     FIND_COORDINATOR = 10
+    JOIN_GROUP = 11
+    HEARTBEAT = 12
+    LEAVE_GROUP = 13
+    SYNC_GROUP = 14
+    DESCRIBE_GROUPS = 15
+    LIST_GROUPS = 16
     API_VERSIONS = 18
     CREATE_TOPICS = 19
     DELETE_TOPICS = 20
+    DELETE_RECORDS = 21
     INIT_PRODUCER_ID = 22
+    DESCRIBE_CONFIGS = 32
+    ALTER_CONFIGS = 33
+    CREATE_PARTITIONS = 37
+    DELETE_GROUPS = 42
+    INCREMENTAL_ALTER_CONFIGS = 44
+    OFFSET_DELETE = 47
 
 
 PRODUCE_KEY = ApiKey.PRODUCE
@@ -95,9 +146,27 @@ SUPPORTED_APIS: dict[int, ApiSpec] = {
         _spec(ApiKey.METADATA, MetadataRequest, MetadataResponse, 0, 8),
         _spec(ApiKey.FIND_COORDINATOR, FindCoordinatorRequest, FindCoordinatorResponse, 0, 2),
         _spec(ApiKey.API_VERSIONS, ApiVersionsRequest, ApiVersionsResponse, 0, 4),
-        _spec(ApiKey.CREATE_TOPICS, CreateTopicsRequest, CreateTopicsResponse, 0, 4),
-        _spec(ApiKey.DELETE_TOPICS, DeleteTopicsRequest, DeleteTopicsResponse, 0, 3),
+        # Kafka 4 dropped CreateTopics v0-1 and DeleteTopics v0 (and their schemas with them).
+        _spec(ApiKey.CREATE_TOPICS, CreateTopicsRequest, CreateTopicsResponse, 2, 4),
+        _spec(ApiKey.DELETE_TOPICS, DeleteTopicsRequest, DeleteTopicsResponse, 1, 3),
         _spec(ApiKey.INIT_PRODUCER_ID, InitProducerIdRequest, InitProducerIdResponse, 0, 1),
+        # Group coordination and offsets (non-flexible versions; see the README's table).
+        _spec(ApiKey.OFFSET_COMMIT, OffsetCommitRequest, OffsetCommitResponse, 2, 7),
+        _spec(ApiKey.OFFSET_FETCH, OffsetFetchRequest, OffsetFetchResponse, 1, 5),
+        _spec(ApiKey.JOIN_GROUP, JoinGroupRequest, JoinGroupResponse, 0, 5),
+        _spec(ApiKey.HEARTBEAT, HeartbeatRequest, HeartbeatResponse, 0, 3),
+        _spec(ApiKey.LEAVE_GROUP, LeaveGroupRequest, LeaveGroupResponse, 0, 3),
+        _spec(ApiKey.SYNC_GROUP, SyncGroupRequest, SyncGroupResponse, 0, 3),
+        _spec(ApiKey.DESCRIBE_GROUPS, DescribeGroupsRequest, DescribeGroupsResponse, 0, 4),
+        _spec(ApiKey.LIST_GROUPS, ListGroupsRequest, ListGroupsResponse, 0, 2),
+        _spec(ApiKey.DELETE_GROUPS, DeleteGroupsRequest, DeleteGroupsResponse, 0, 1),
+        _spec(ApiKey.OFFSET_DELETE, OffsetDeleteRequest, OffsetDeleteResponse, 0, 0),
+        # Admin surface.
+        _spec(ApiKey.DESCRIBE_CONFIGS, DescribeConfigsRequest, DescribeConfigsResponse, 1, 3),
+        _spec(ApiKey.ALTER_CONFIGS, AlterConfigsRequest, AlterConfigsResponse, 0, 1),
+        _spec(ApiKey.INCREMENTAL_ALTER_CONFIGS, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, 0, 0),
+        _spec(ApiKey.CREATE_PARTITIONS, CreatePartitionsRequest, CreatePartitionsResponse, 0, 1),
+        _spec(ApiKey.DELETE_RECORDS, DeleteRecordsRequest, DeleteRecordsResponse, 0, 1),
     )
 }
 
@@ -141,7 +210,7 @@ def _decoder(spec: ApiSpec, version: int) -> Callable[[memoryview, int], tuple[A
     return fn
 
 
-def decode_request(frame_body: bytes | bytearray | memoryview) -> DecodedRequest:
+def decode_request(frame_body: bytes | bytearray | memoryview, served: frozenset[int] | None = None) -> DecodedRequest:
     """Decode one request frame (without its length prefix).
 
     Raises :class:`UnsupportedApi` for an API/version outside the served ranges (except that an
@@ -150,7 +219,7 @@ def decode_request(frame_body: bytes | bytearray | memoryview) -> DecodedRequest
     """
     header, pos = parse_request_header(frame_body)
     spec = SUPPORTED_APIS.get(header.api_key)
-    if spec is None:
+    if spec is None or (served is not None and header.api_key not in served):
         raise UnsupportedApi(header, f"API key {header.api_key} is not supported by this store")
     version = header.api_version
     if not spec.serve_min <= version <= spec.max_version:
@@ -185,18 +254,20 @@ def encode_response(request: DecodedRequest, response: Any) -> bytes:
     return frame(encode_response_header(request.header.correlation_id, flexible_header) + body)
 
 
-def api_versions_entries() -> list[Any]:
+def api_versions_entries(served: frozenset[int] | None = None) -> list[Any]:
+    """The ApiVersions list: every API in ``served`` (default: every API with a codec)."""
     return [
         ApiVersionsResponse.ApiVersion(api_key=s.key, min_version=s.min_version, max_version=s.max_version)
         for s in sorted(SUPPORTED_APIS.values(), key=lambda s: s.key)
+        if served is None or s.key in served
     ]
 
 
-def api_versions_error_response(correlation_id: int) -> bytes:
+def api_versions_error_response(correlation_id: int, served: frozenset[int] | None = None) -> bytes:
     """Kafka's answer to an ApiVersions version it does not know: a v0 body with error 35.
 
     Clients (librdkafka, the Java client, kafka-python 3) then retry with the highest version in
     the enclosed list.
     """
-    body = ApiVersionsResponse(error_code=35, api_keys=api_versions_entries()).encode(version=0)
+    body = ApiVersionsResponse(error_code=35, api_keys=api_versions_entries(served)).encode(version=0)
     return frame(encode_response_header(correlation_id, False) + body)

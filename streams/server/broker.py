@@ -75,6 +75,8 @@ class Broker:
             ApiKey.DELETE_TOPICS: self.delete_topics,
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
         }
+        self.served = frozenset(self._handlers)
+        """API keys this broker handles: the only ones ApiVersions advertises."""
 
     def handle(self, request: DecodedRequest) -> Reply:
         return self._handlers[request.spec.key](request)
@@ -93,7 +95,7 @@ class Broker:
     # -- ApiVersions ---------------------------------------------------------------------------
 
     def api_versions(self, request: DecodedRequest) -> Reply:
-        response = ApiVersionsResponse(error_code=0, api_keys=api_versions_entries(), throttle_time_ms=0)
+        response = ApiVersionsResponse(error_code=0, api_keys=api_versions_entries(self.served), throttle_time_ms=0)
         return [encode_response(request, response)]
 
     # -- FindCoordinator -----------------------------------------------------------------------

@@ -133,10 +133,10 @@ class Connection(asyncio.Protocol):
     def _dispatch(self, frame: bytearray) -> None:
         self.requests += 1
         try:
-            request = decode_request(frame)
+            request = decode_request(frame, self.broker.served)
         except UnsupportedApi as exc:
             if exc.header.api_key == ApiKey.API_VERSIONS:
-                self._enqueue([api_versions_error_response(exc.header.correlation_id)])
+                self._enqueue([api_versions_error_response(exc.header.correlation_id, self.broker.served)])
             else:
                 self.close(str(exc))
             return
