@@ -8,6 +8,7 @@ responses in request order whatever finishes first.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 import time
@@ -75,6 +76,10 @@ class Broker:
             ApiKey.DELETE_TOPICS: self.delete_topics,
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
         }
+        from .admin import ADMIN_HANDLERS  # the admin APIs live in their own module
+
+        for key, handler in ADMIN_HANDLERS.items():
+            self._handlers[key] = functools.partial(handler, self)
         self.served = frozenset(self._handlers)
         """API keys this broker handles: the only ones ApiVersions advertises."""
 
