@@ -81,14 +81,6 @@ def test_signal_with_producers_in_flight_keeps_acked_records_and_leaves_nothing_
     assert history.seen, "the tailing consumer saw nothing"
 
 
-SHUTDOWN_BUG = (
-    "Flusher.stop() cancels the flusher task while a group-commit fsync runs in the executor; "
-    "_round() catches the CancelledError as an fsync failure: 'fsync failed; the store stops "
-    "acknowledging writes and exits: ' (empty message), owed acks are dropped ('request failed: "
-    "fsync failed'), no final checkpoint, exit code 3 (streams/server/flusher.py)"
-)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_with_producers_in_flight_exits_0_after_syncing_and_checkpointing(store_factory, rng, sig) -> None:
     topic = "graceful"

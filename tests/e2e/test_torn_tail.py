@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer
 from confluent_kafka import TopicPartition as CTopicPartition
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from tests.e2e._support import (
     DROPPED_RE,
@@ -30,6 +30,7 @@ from tests.e2e._support import (
     segment_logs,
     store_log_since,
     validate_log_files,
+    wait_until,
 )
 from tests.e2e._wire import (
     KAFKA_STORAGE_ERROR,
@@ -346,7 +347,10 @@ def test_damage_below_the_checkpoint_takes_only_that_partition_offline_and_is_ne
             _assert_offline(store, client, "acked", p, files[p])
 
 
-def test_flipped_record_byte_below_the_checkpoint_is_reported_not_served(store_factory, rng) -> None:
+@pytest.mark.parametrize("first_access", ["fetch", "background-scrub"])
+def test_flipped_record_byte_below_the_checkpoint_is_reported_not_served(store_factory, rng, first_access) -> None:
+    """Recovery only header-checks data below the recovery point; its CRCs are verified before the
+    first read and by a background scrub. Either way, the corrupt batch is never served."""
     store, seeded, other = _seed_clean(store_factory, rng, 2)
     victim = seeded[0].batches[2]
     path = segment_logs(store.data_dir, "acked", 0)[-1]
@@ -355,10 +359,17 @@ def test_flipped_record_byte_below_the_checkpoint_is_reported_not_served(store_f
     store.start()
     assert not _drops(store, store.starts)
     with WireClient(store.bootstrap) as client:
+        if first_access == "fetch":
+            error, _, records = client.fetch("acked", 0, 0)
+            assert (error, records) == (KAFKA_STORAGE_ERROR, b""), f"the corrupt partition was served (error {error})"
+        else:
+            wait_until(
+                lambda: client.metadata(["acked"])["acked"][1][0] == KAFKA_STORAGE_ERROR,
+                30,
+                "the background scrub to take the corrupt partition offline",
+            )
         _assert_serving(client, seeded[1])
         _assert_serving(client, other)
-        # Never truncated, whatever else happens.
-        assert dir_digest(partition_dir(store.data_dir, "acked", 0)) == files
         _assert_offline(store, client, "acked", 0, files)
 
 
@@ -434,6 +445,17 @@ def test_missing_or_corrupt_index_files_are_rebuilt(store_factory, rng, stop) ->
         got = split_batches(fetches_after[start], allow_partial=True)
         assert got and got[0].base_offset <= start <= got[0].last_offset
     assert times_after == times, "offsets_for_times answers changed after the index rebuild"
+    # The same through a real client's offsets_for_times.
+    consumer = KafkaConsumer(bootstrap_servers=store.bootstrap, group_id=None)
+    try:
+        tp = TopicPartition(topic, 0)
+        for target in rng.sample(sorted(times), 25):
+            found = consumer.offsets_for_times({tp: target})[tp]
+            want = next(((r.offset, r.timestamp) for r in records if r.timestamp >= target), None)
+            got = None if found is None else (found.offset, found.timestamp)
+            assert got == want, f"offsets_for_times({target}): {got}, expected {want}"
+    finally:
+        consumer.close()
     for seg in segments:
         assert seg.read_bytes() == logs_before[seg.name], f"{seg.name} changed"
     assert all(p.stat().st_size % 4 == 0 for p in partition_dir(store.data_dir, topic, 0).glob("*.*index"))
