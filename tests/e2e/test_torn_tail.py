@@ -449,7 +449,7 @@ def test_missing_or_corrupt_index_files_are_rebuilt(store_factory, rng, stop) ->
     consumer = KafkaConsumer(bootstrap_servers=store.bootstrap, group_id=None)
     try:
         tp = TopicPartition(topic, 0)
-        for target in rng.sample(sorted(times), 25):
+        for target in rng.sample(sorted(times), 8):
             found = consumer.offsets_for_times({tp: target})[tp]
             want = next(((r.offset, r.timestamp) for r in records if r.timestamp >= target), None)
             got = None if found is None else (found.offset, found.timestamp)
