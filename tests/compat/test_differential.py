@@ -27,6 +27,7 @@ from tests.compat._util import (
     produce_all,
     producer,
     read_partitions,
+    stored_batches,
 )
 from tests.compat.conftest import Target, unique_topic
 
@@ -354,3 +355,116 @@ def test_unknown_topic_without_auto_create(broker_no_auto_create: Target) -> Non
         kp.close()
     # ... and nothing created it on the way.
     assert name not in admin(bootstrap).list_topics(timeout=TIMEOUT).topics
+
+
+# -- fetch edges ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+def test_fetch_from_inside_a_batch(broker: Target, topic: str, codec: str) -> None:
+    # The broker returns the whole batch holding the offset; the client must then skip the
+    # records before it. A broker that returns the *next* batch loses records 1-4 here.
+    create_topic(broker.bootstrap, topic, partitions=1)
+    p = producer(broker.bootstrap, compression_type=codec, linger_ms=100)
+    reports = produce_all(p, topic, [{"partition": 0, "value": b"r%d" % i + b"." * 100} for i in range(5)])
+    assert [r.offset for r in reports] == [0, 1, 2, 3, 4]
+    assert len(stored_batches(broker.log_dir, topic, 0)) == 1, "the five records should form one batch"
+    for start in (1, 4):
+        c = consumer(broker.bootstrap)
+        try:
+            c.assign([TopicPartition(topic, 0, start)])
+            got = consume(c, 5 - start)
+            assert [(r.offset, r.value[:2]) for r in got] == [(i, b"r%d" % i) for i in range(start, 5)]
+        finally:
+            c.close()
+    kc = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tp = KTopicPartition(topic, 0)
+        kc.assign([tp])
+        kc.seek(tp, 3)
+        got2: list[int] = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(got2) < 2 and time.monotonic() < deadline:
+            for batch in kc.poll(timeout_ms=500).values():
+                got2.extend(m.offset for m in batch)
+        assert got2 == [3, 4]
+    finally:
+        kc.close()
+
+
+def test_record_larger_than_fetch_limits_is_still_delivered(broker: Target, topic: str) -> None:
+    # KIP-74: the first batch is returned even if it exceeds fetch.max.bytes / max.partition.fetch.bytes.
+    create_topic(broker.bootstrap, topic, partitions=1)
+    values = [b"a" * 50_000, b"b" * 10, b"c" * 70_000]
+    produce_all(producer(broker.bootstrap, compression_type="none"), topic,
+                [{"partition": 0, "value": v} for v in values], flush_each=True)
+    got = read_partitions(broker.bootstrap, topic, {0: 3}, fetch_max_bytes=1024, max_partition_fetch_bytes=1024,
+                          message_max_bytes=1000)
+    assert [(r.offset, r.value) for r in got] == list(enumerate(values))
+
+
+def test_many_batches_read_in_small_fetches(broker: Target, topic: str) -> None:
+    create_topic(broker.bootstrap, topic, partitions=2)
+    p = producer(broker.bootstrap, compression_type="zstd", linger_ms=1, batch_num_messages=37)
+    records: list[dict[str, Any]] = [
+        {"partition": i % 2, "key": b"%d" % i, "value": b"%06d" % i * 20} for i in range(3000)
+    ]
+    reports = produce_all(p, topic, records)
+    assert [r.offset for r in reports] == [i // 2 for i in range(3000)]
+    got = read_partitions(broker.bootstrap, topic, {0: 1500, 1: 1500}, fetch_max_bytes=4096,
+                          max_partition_fetch_bytes=2048, message_max_bytes=1000)
+    assert [(r.partition, r.offset, r.key) for r in got] == sorted(
+        (i % 2, i // 2, b"%d" % i) for i in range(3000)
+    )
+    assert all(r.value == b"%06d" % int(r.key or b"") * 20 for r in got)
+
+
+# -- topic configs ----------------------------------------------------------------------------
+
+
+def test_topic_max_message_bytes_config(broker: Target, topic: str) -> None:
+    a = admin(broker.bootstrap)
+    a.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "3000000"})])[topic].result(TIMEOUT)
+    small = unique_topic("small-max")
+    a.create_topics([NewTopic(small, 1, 1, config={"max.message.bytes": "1000"})])[small].result(TIMEOUT)
+    p = producer(broker.bootstrap, message_max_bytes=5_000_000, compression_type="none")
+    (big,) = produce_all(p, topic, [{"partition": 0, "value": b"x" * 2_000_000}])
+    assert (big.error, big.offset) == (None, 0)
+    (refused,) = produce_all(p, small, [{"partition": 0, "value": b"y" * 2000}])
+    assert refused.error == "MSG_SIZE_TOO_LARGE"
+    (fits,) = produce_all(p, small, [{"partition": 0, "value": b"y" * 100}])
+    assert (fits.error, fits.offset) == (None, 0)
+    assert [len(r.value or b"") for r in read_partitions(broker.bootstrap, topic, {0: 1})] == [2_000_000]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"max.message.bytes": "abc"}, {"max.message.bytes": "-5"}, {"no.such.config": "1"}],
+    ids=["not-a-number", "negative", "unknown-name"],
+)
+def test_create_topic_invalid_config(broker: Target, topic: str, config: dict[str, str]) -> None:
+    a = admin(broker.bootstrap)
+    assert _admin_error(a.create_topics([NewTopic(topic, 1, 1, config=config)]), topic) == (40, "INVALID_CONFIG")
+    assert topic not in a.list_topics(timeout=TIMEOUT).topics
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"message.timestamp.type": "LogAppendTime"}, {"cleanup.policy": "compact"}, {"compression.type": "gzip"}],
+    ids=["log-append-time", "compaction", "broker-compression"],
+)
+def test_topic_configs_the_store_refuses(broker: Target, topic: str, config: dict[str, str]) -> None:
+    # Legitimate difference: Kafka supports these; the store stores producer batches byte for
+    # byte and never rewrites them (no broker-side timestamps, recompression or compaction), so
+    # it refuses them with INVALID_CONFIG rather than accepting a config it would not honour.
+    a = admin(broker.bootstrap)
+    error = _admin_error(a.create_topics([NewTopic(topic, 1, 1, config=config)]), topic)
+    assert error == ((40, "INVALID_CONFIG") if broker.is_store else None)
+
+
+def test_create_topic_validate_only(broker: Target, topic: str) -> None:
+    a = admin(broker.bootstrap)
+    assert a.create_topics([NewTopic(topic, 2, 1)], validate_only=True)[topic].result(TIMEOUT) is None
+    assert topic not in a.list_topics(timeout=TIMEOUT).topics
+    bad = a.create_topics([NewTopic(topic, 2, 1, config={"no.such.config": "1"})], validate_only=True)
+    assert _admin_error(bad, topic) == (40, "INVALID_CONFIG")
