@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import storage
+from .admin_cli import add_admin_subcommands
 from .errors import StreamsError
 from .server.app import serve
 from .server.config import ServerConfig, parse_fsync_policy
@@ -149,6 +150,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         help="[STREAMS_LOG_LEVEL]",
     )
     s.set_defaults(func=_cmd_serve)
+    add_admin_subcommands(sub)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
