@@ -186,6 +186,8 @@ class DecodedRequest:
     header: RequestHeader
     spec: ApiSpec
     body: Any
+    peer: str = ""
+    """``host:port`` of the client (set by the server; shown by DescribeGroups)."""
 
     @property
     def version(self) -> int:

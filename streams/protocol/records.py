@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import crc32c
 
+from .compression import DecompressionError, decompress
+
 __all__ = [
     "BATCH_OVERHEAD",
     "HEADER_SIZE",
@@ -34,6 +36,7 @@ __all__ = [
     "parse_header",
     "patch_base_offset",
     "validate_batch",
+    "validate_records",
 ]
 
 HEADER_SIZE = 61
@@ -162,3 +165,59 @@ def patch_base_offset(buf: bytearray | memoryview, pos: int, base_offset: int, l
     """Assign the batch's offsets in place (outside the CRC, so the checksum stays valid)."""
     struct.pack_into(">q", buf, pos, base_offset)
     struct.pack_into(">i", buf, pos + 12, leader_epoch)
+
+
+def _read_varint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+    """A zigzag varint (Kafka's record fields); raises IndexError/ValueError on bad input."""
+    value = shift = 0
+    while True:
+        if pos >= end:
+            raise IndexError("varint runs past the record")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (value >> 1) ^ -(value & 1), pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _walk_records(buf: bytes | bytearray | memoryview, pos: int, end: int, count: int) -> None:
+    """Check the record framing: ``count`` records whose lengths tile ``[pos, end)`` exactly and
+    whose offset deltas are 0, 1, 2... (what a consumer relies on to decode them)."""
+    index = 0
+    read = _read_varint
+    while pos < end:
+        length, pos = read(buf, pos, end)
+        if length <= 0 or pos + length > end:
+            raise InvalidBatch(f"record {index} declares length {length}, past the batch end", corrupt=False)
+        record_end = pos + length
+        _, p = read(buf, pos + 1, record_end)  # attributes (1 byte), then the timestamp delta
+        delta, p = read(buf, p, record_end)
+        if delta != index:
+            raise InvalidBatch(f"record {index} has offset delta {delta}", corrupt=False)
+        pos = record_end
+        index += 1
+    if index != count:
+        raise InvalidBatch(f"batch claims {count} records but holds {index}", corrupt=False)
+
+
+def validate_records(buf: bytes | bytearray | memoryview, pos: int, header: BatchHeader, max_uncompressed: int) -> None:
+    """Check that the records inside a (CRC-valid) batch are well framed, as Kafka's LogValidator
+    does, so that no consumer is ever served a batch it cannot decode. Compressed batches are
+    decompressed (bounded by ``max_uncompressed``) for the check only; nothing is re-encoded."""
+    start = pos + HEADER_SIZE
+    end = pos + header.size
+    try:
+        if header.compression:
+            data = decompress(header.compression, memoryview(buf)[start:end], max_uncompressed)
+            _walk_records(data, 0, len(data), header.record_count)
+        else:
+            _walk_records(buf, start, end, header.record_count)
+    except DecompressionError as exc:
+        raise InvalidBatch(str(exc), corrupt=True) from exc
+    except (IndexError, ValueError) as exc:
+        if isinstance(exc, InvalidBatch):
+            raise
+        raise InvalidBatch(f"records do not decode: {exc}", corrupt=False) from exc

@@ -28,7 +28,7 @@ from streams.errors import CorruptLogError
 from streams.protocol.apis import ApiKey, DecodedRequest, api_versions_entries, encode_response
 from streams.protocol.errors import ErrorCode
 from streams.protocol.header import encode_response_header
-from streams.protocol.records import InvalidBatch, iter_batches
+from streams.protocol.records import InvalidBatch, iter_batches, validate_records
 
 from .config import ServerConfig
 from .flusher import Flusher
@@ -44,6 +44,7 @@ Reply: TypeAlias = "list[Part] | Awaitable[list[Part]] | None"
 _LATEST = -1
 _EARLIEST = -2
 _MAX_WAIT_CAP_MS = 30_000
+_MAX_UNCOMPRESSED = 128 * 1024 * 1024  # a compressed batch may expand this far for validation
 
 _PartitionResponse = ProduceResponse.TopicProduceResponse.PartitionProduceResponse
 _ListOffsetsPartition = ListOffsetsResponse.ListOffsetsTopicResponse.ListOffsetsPartitionResponse
@@ -268,6 +269,10 @@ class Broker:
         buf = bytearray(records)
         try:
             headers = iter_batches(buf)
+            pos = 0
+            for header in headers:
+                validate_records(buf, pos, header, _MAX_UNCOMPRESSED)
+                pos += header.size
         except InvalidBatch as exc:
             log.info("rejected a record batch for %s-%d: %s", topic, partition, exc)
             code = ErrorCode.CORRUPT_MESSAGE if exc.corrupt else ErrorCode.INVALID_RECORD

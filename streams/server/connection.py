@@ -134,6 +134,7 @@ class Connection(asyncio.Protocol):
         self.requests += 1
         try:
             request = decode_request(frame, self.broker.served)
+            request.peer = self.peer
         except UnsupportedApi as exc:
             if exc.header.api_key == ApiKey.API_VERSIONS:
                 self._enqueue([api_versions_error_response(exc.header.correlation_id, self.broker.served)])

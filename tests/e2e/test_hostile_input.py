@@ -553,13 +553,6 @@ def test_partial_max_size_frames_on_many_connections_keep_memory_bounded(store_f
     assert grown < RSS_BOUND_KB, f"48 connections with 7 MiB partial frames grew RSS by {grown // 1024} MiB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Produce validates only the batch header and CRC-32C (streams.protocol.records.iter_batches); "
-    "a CRC-valid batch whose records do not decode, or whose record count is larger than the records "
-    "it holds, is appended and served, and kafka-python consumers of the partition then fail with "
-    "CorruptRecordError (Kafka's LogValidator rejects both with CORRUPT_MESSAGE/INVALID_RECORD)",
-)
 @pytest.mark.parametrize("lie", ["undecodable-records", "record-count-too-high"])
 def test_crc_valid_batch_with_bad_records_is_refused_and_does_not_poison_the_partition(store_factory, lie) -> None:
     store = store_factory()

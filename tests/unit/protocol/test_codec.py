@@ -21,7 +21,7 @@ from streams.protocol.apis import (
 )
 from streams.protocol.frames import FrameError, FrameReader
 from streams.protocol.header import MalformedRequest
-from streams.protocol.records import InvalidBatch, iter_batches, patch_base_offset, validate_batch
+from streams.protocol.records import InvalidBatch, iter_batches, patch_base_offset, validate_batch, validate_records
 
 
 def _batch(n: int = 3, codec: int = 0, producer_id: int = -1) -> bytearray:
@@ -179,7 +179,69 @@ def test_mutated_client_frames_never_escape(data: st.DataObject) -> None:
     for topic in decoded.body.topic_data:
         for part in topic.partition_data:
             if part.records:
+                buf = bytearray(part.records)
                 try:
-                    iter_batches(bytearray(part.records))
+                    pos = 0
+                    for header in iter_batches(buf):
+                        validate_records(buf, pos, header, 1 << 20)
+                        pos += header.size
                 except InvalidBatch:
                     pass
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2, 3, 4])
+def test_records_of_every_codec_validate(codec: int) -> None:
+    batch = _batch(50, codec=codec)
+    validate_records(batch, 0, validate_batch(batch), 1 << 20)
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4])
+def test_decompression_is_bounded(codec: int) -> None:
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=codec, is_transactional=False, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 24)
+    for i in range(64):
+        builder.append(i, timestamp=0, key=None, value=b"\x00" * 16384, headers=[])
+    batch = bytearray(builder.build())
+    header = validate_batch(batch)
+    assert header.size < 64 * 1024  # compresses well
+    with pytest.raises(InvalidBatch, match="more than"):
+        validate_records(batch, 0, header, 100_000)
+
+
+def _recrc(batch: bytearray) -> None:
+    import crc32c
+
+    struct.pack_into(">I", batch, 17, crc32c.crc32c(bytes(batch[21:])))
+
+
+def test_crc_valid_batch_with_lying_record_count_or_garbage_records_is_rejected() -> None:
+    batch = _batch(3)
+    struct.pack_into(">i", batch, 23, 4)
+    struct.pack_into(">i", batch, 57, 5)
+    _recrc(batch)
+    with pytest.raises(InvalidBatch, match="claims 5 records but holds 3"):
+        validate_records(batch, 0, validate_batch(batch), 1 << 20)
+    garbage = _batch(3)
+    garbage[61:] = bytes(range(256)) * ((len(garbage) - 61) // 256) + b"\x01" * ((len(garbage) - 61) % 256)
+    _recrc(garbage)
+    with pytest.raises(InvalidBatch):
+        validate_records(garbage, 0, validate_batch(garbage), 1 << 20)
+    compressed = _batch(3, codec=4)
+    compressed[70] ^= 0xFF
+    _recrc(compressed)
+    with pytest.raises(InvalidBatch):
+        validate_records(compressed, 0, validate_batch(compressed), 1 << 20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), codec=st.sampled_from([0, 1, 2, 3, 4]))
+def test_crc_valid_mutations_of_records_raise_only_invalid_batch(data: st.DataObject, codec: int) -> None:
+    batch = _batch(data.draw(st.integers(1, 5)), codec=codec)
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(61, len(batch) - 1))
+        batch[pos] = data.draw(st.integers(0, 255))
+    _recrc(batch)
+    try:
+        validate_records(batch, 0, validate_batch(batch), 1 << 20)
+    except InvalidBatch:
+        pass
