@@ -94,6 +94,7 @@ class Settings:
     profile_store: Path | None
     keep: bool
     own_work_dir: bool = True
+    phases: tuple[str, ...] = PHASES
 
 
 @dataclass
@@ -182,11 +183,17 @@ def _kafka_phases(res: SystemResult, bootstrap: str, server_pid: int | None, st:
                 run_workers(kc.produce, args, f"{res.spec.key} warm-up", timeout=st.warmup_seconds + 120)
         except BenchError as exc:
             res.notes.append(f"warm-up failed: {str(exc).splitlines()[-1]}")
-    _phase(res, "produce", produce)
-    if "produce" in res.phases:
-        _phase(res, "fetch", fetch)
-    _phase(res, "single", single)
-    _phase(res, "latency", latency)
+    _run_phases(res, st, {"produce": produce, "fetch": fetch, "single": single, "latency": latency})
+
+
+def _run_phases(res: SystemResult, st: Settings, fns: dict[str, Callable[[], PhaseResult]]) -> None:
+    for name in PHASES:
+        if name not in st.phases:
+            continue
+        if name == "fetch" and "produce" in st.phases and "produce" not in res.phases:
+            res.failures["fetch"] = "skipped: the produce phase that fills its topic failed"
+            continue
+        _phase(res, name, fns[name])
 
 
 def _nats_phases(res: SystemResult, url: str, server_pid: int | None, st: Settings) -> None:
@@ -232,11 +239,7 @@ def _nats_phases(res: SystemResult, url: str, server_pid: int | None, st: Settin
         return aggregate(run_workers(_nats.produce_latency, args, "jetstream latency",
                                      timeout=st.latency_seconds + 120, server_pid=server_pid))
 
-    _phase(res, "produce", produce)
-    if "produce" in res.phases:
-        _phase(res, "fetch", fetch)
-    _phase(res, "single", single)
-    _phase(res, "latency", latency)
+    _run_phases(res, st, {"produce": produce, "fetch": fetch, "single": single, "latency": latency})
 
 
 def _fetch_result(results: list[dict[str, Any]], how: str) -> PhaseResult:
@@ -505,6 +508,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Settings]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default=",".join(SYSTEMS),
                     help=f"comma-separated systems to run, in this order (default: all): {', '.join(SYSTEMS)}")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    help=f"comma-separated phases (default all): {', '.join(PHASES)}; fetch reads what produce wrote")
     ap.add_argument("--messages", type=int, help="records written by the batching producers (default 1,000,000; quick 50,000)")
     ap.add_argument("--quick", action="store_true", help="small counts and short phases: a smoke run of about a minute")
     ap.add_argument("--max-seconds", type=float, help="cap of the batching produce and of the fetch phase (default 30; quick 8)")
@@ -528,6 +533,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Settings]:
         if key not in SYSTEMS:
             ap.error(f"unknown system {name!r}; choose from {', '.join(SYSTEMS)}")
         only.append(key)
+    phases = tuple(x.strip() for x in a.phases.split(",") if x.strip())
+    if bad := [x for x in phases if x not in PHASES]:
+        ap.error(f"unknown phase(s) {bad}; choose from {', '.join(PHASES)}")
     work = a.work_dir.resolve() if a.work_dir else Path(tempfile.mkdtemp(prefix="outbox-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     st = Settings(
@@ -546,6 +554,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Settings]:
         profile_store=a.profile_store,
         keep=a.keep,
         own_work_dir=a.work_dir is None,
+        phases=phases,
     )
     return only, st
 
