@@ -10,13 +10,17 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
+from kafka.protocol.producer.produce import ProduceRequest, ProduceResponse
+from kafka.protocol.producer.transaction import InitProducerIdRequest, InitProducerIdResponse
+from kafka.record.memory_records import MemoryRecordsBuilder
 
-from tests.compat._util import TIMEOUT, consume, consumer, create_topic, produce_all, producer
+from tests.compat._util import TIMEOUT, consume, consumer, create_topic, produce_all, producer, read_partitions
 from tests.compat.conftest import Target
 
 API_VERSIONS = 18
@@ -27,7 +31,8 @@ _API_KEYS = {
     "Produce": 0, "Fetch": 1, "ListOffsets": 2, "Metadata": 3, "OffsetCommit": 8, "OffsetFetch": 9,
     "FindCoordinator": 10, "JoinGroup": 11, "Heartbeat": 12, "LeaveGroup": 13, "SyncGroup": 14,
     "DescribeGroups": 15, "ListGroups": 16, "ApiVersions": 18, "CreateTopics": 19, "DeleteTopics": 20,
-    "InitProducerId": 22, "DescribeConfigs": 32,
+    "DeleteRecords": 21, "InitProducerId": 22, "DescribeConfigs": 32, "AlterConfigs": 33, "CreatePartitions": 37,
+    "DeleteGroups": 42, "IncrementalAlterConfigs": 44, "DescribeCluster": 60,
 }
 
 
@@ -249,3 +254,73 @@ def test_bad_frames_close_only_their_connection(broker: Target, topic: str) -> N
             assert API_VERSIONS in _api_versions_v0(fresh, 1)
     finally:
         c.close()
+
+
+# -- idempotent produce, byte by byte ---------------------------------------------------------
+
+
+def _request(sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
+    """Send a non-flexible request (header v1) and return the response body after its header."""
+    header = struct.pack(">hhih", api_key, version, correlation_id, 3) + b"raw"
+    sock.sendall(_frame(header + body))
+    response = _recv_frame(sock)
+    assert struct.unpack_from(">i", response)[0] == correlation_id
+    return response[4:]
+
+
+def _batch(producer_id: int, epoch: int, sequence: int, values: list[bytes]) -> bytes:
+    builder = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 20, producer_id=producer_id,
+                                   producer_epoch=epoch, base_sequence=sequence)
+    for i, value in enumerate(values):
+        builder.append(timestamp=BASE_TS + i, key=None, value=value, headers=[])
+    builder.close()
+    return bytes(builder.buffer())
+
+
+def _produce(sock: socket.socket, correlation_id: int, topic: str, records: bytes) -> tuple[int, int]:
+    request = ProduceRequest(
+        transactional_id=None,
+        acks=-1,
+        timeout_ms=int(TIMEOUT * 1000),
+        topic_data=[
+            ProduceRequest.TopicProduceData(
+                name=topic, partition_data=[ProduceRequest.TopicProduceData.PartitionProduceData(index=0, records=records)]
+            )
+        ],
+    )
+    response = ProduceResponse.decode(_request(sock, 0, 8, correlation_id, bytes(request.encode(version=8))), version=8)
+    (topic_response,) = response.responses
+    (part,) = topic_response.partition_responses
+    return part.error_code, part.base_offset
+
+
+BASE_TS = 1_740_000_000_000
+
+
+def test_idempotent_produce_duplicate_and_sequence_gap(broker: Target, topic: str, conn: socket.socket) -> None:
+    # What an idempotent producer's retries rely on: a resent batch (same producer id, epoch and
+    # sequence) is acknowledged with its original offsets and not appended twice; a gap in the
+    # sequence is refused with OUT_OF_ORDER_SEQUENCE_NUMBER (45).
+    create_topic(broker.bootstrap, topic, partitions=1)
+    request = bytes(InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=-1).encode(version=1))
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        init = InitProducerIdResponse.decode(_request(conn, 22, 1, 1, request), version=1)
+        # A fresh Kafka answers COORDINATOR_LOAD_IN_PROGRESS (14) / NOT_AVAILABLE (15) at first.
+        if init.error_code not in (14, 15) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert init.error_code == 0 and init.producer_id >= 0 and init.producer_epoch >= 0
+    pid, epoch = init.producer_id, init.producer_epoch
+    first = _batch(pid, epoch, 0, [b"a", b"b"])
+    assert _produce(conn, 2, topic, first) == (0, 0)
+    assert _produce(conn, 3, topic, first) == (0, 0)  # the duplicate: success, original offset
+    assert _produce(conn, 4, topic, _batch(pid, epoch, 2, [b"c"])) == (0, 2)
+    assert _produce(conn, 5, topic, _batch(pid, epoch, 2, [b"c"])) == (0, 2)  # duplicate of the last one
+    error, _ = _produce(conn, 6, topic, _batch(pid, epoch, 7, [b"gap"]))
+    assert error == 45
+    assert _produce(conn, 7, topic, _batch(pid, epoch, 3, [b"d"])) == (0, 3)  # the right next one still works
+    got = read_partitions(broker.bootstrap, topic, {0: 4})
+    assert [(r.offset, r.value, r.timestamp) for r in got] == [
+        (0, b"a", BASE_TS), (1, b"b", BASE_TS + 1), (2, b"c", BASE_TS), (3, b"d", BASE_TS)
+    ]
