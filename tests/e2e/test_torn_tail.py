@@ -474,3 +474,44 @@ def test_fetches_from_every_offset_agree_with_the_segment_files(store_factory, r
             assert (error, got_hw) == (NONE, hw)
             holding = next(b for b in on_disk if b.base_offset <= offset <= b.last_offset)
             assert raw == holding.raw, f"fetch at {offset} is not the stored batch"
+
+
+def test_segment_files_left_by_a_crash_during_a_roll_are_repaired(store_factory, rng) -> None:
+    """A crash while rolling can leave a new segment that is empty, holds a torn first batch, or
+    (after a bad restore) starts at the wrong offset; the log must continue at its end."""
+    topic = "rolled"
+    cases = ["empty-next-segment", "torn-next-segment", "gap-segment", "stray-non-segment-file"]
+    store = store_factory(["--segment-bytes", "4000"])
+    with WireClient(store.bootstrap) as client:
+        assert client.create_topic(topic, len(cases)) == NONE
+        for p in range(len(cases)):
+            _produce_batches(client, topic, p, 30, rng)
+    assert store.stop() == 0
+    seeded = {p: _stored(store, topic, p) for p in range(len(cases))}
+    expected_drop: dict[int, int] = {}
+    for p, case in enumerate(cases):
+        d = partition_dir(store.data_dir, topic, p)
+        assert len(segment_logs(store.data_dir, topic, p)) >= 3, "expected several segments"
+        end = seeded[p].end
+        sample = seeded[p].batches[1].raw
+        if case == "empty-next-segment":
+            (d / f"{end:020d}.log").write_bytes(b"")
+        elif case == "torn-next-segment":
+            torn = end.to_bytes(8, "big") + sample[8:][: rng.randrange(10, len(sample) - 8)]
+            (d / f"{end:020d}.log").write_bytes(torn)
+            expected_drop[p] = len(torn)
+        elif case == "gap-segment":
+            stray = (end + 100).to_bytes(8, "big") + sample[8:]
+            (d / f"{end + 100:020d}.log").write_bytes(stray)
+            expected_drop[p] = len(stray)
+        else:
+            (d / "notes.log").write_bytes(b"not a segment")
+    store.start()
+    drops = _drops(store, store.starts)
+    assert {int(name.rsplit("-", 1)[1]): n for name, (n, _) in drops.items()} == expected_drop, drops
+    with WireClient(store.bootstrap) as client:
+        for p, case in enumerate(cases):
+            assert _fetched(client, topic, p) == seeded[p].batches, case
+            batch = build_batch([(b"k", b"after", [])], timestamp=BASE_TS)
+            assert client.produce(topic, p, batch) == (NONE, seeded[p].end), case
+            assert client.fetch_all(topic, p)[0] == seeded[p].end + 1, case
