@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic, ResourceType
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, OffsetOutOfRangeError
@@ -468,3 +468,66 @@ def test_create_topic_validate_only(broker: Target, topic: str) -> None:
     assert topic not in a.list_topics(timeout=TIMEOUT).topics
     bad = a.create_topics([NewTopic(topic, 2, 1, config={"no.such.config": "1"})], validate_only=True)
     assert _admin_error(bad, topic) == (40, "INVALID_CONFIG")
+
+
+# -- admin APIs beyond create/delete ----------------------------------------------------------
+
+
+def test_create_partitions_and_delete_records(broker: Target, topic: str) -> None:
+    create_topic(broker.bootstrap, topic, partitions=1)
+    produce_all(producer(broker.bootstrap), topic, [{"partition": 0, "value": b"%d" % i} for i in range(5)])
+    a = admin(broker.bootstrap)
+    assert a.create_partitions([NewPartitions(topic, 3)])[topic].result(TIMEOUT) is None
+    deadline = time.monotonic() + TIMEOUT
+    while len(a.list_topics(topic=topic, timeout=TIMEOUT).topics[topic].partitions) != 3:
+        assert time.monotonic() < deadline, "the new partitions never showed up"
+        time.sleep(0.1)
+    assert _admin_error(a.create_partitions([NewPartitions(topic, 2)]), topic) == (37, "INVALID_PARTITIONS")
+    (report,) = produce_all(producer(broker.bootstrap), topic, [{"partition": 2, "value": b"new"}])
+    assert (report.error, report.offset) == (None, 0)
+
+    (deleted,) = a.delete_records([TopicPartition(topic, 0, 3)]).values()
+    assert deleted.result(TIMEOUT).low_watermark == 3
+    c = consumer(broker.bootstrap, auto_offset_reset="earliest")
+    try:
+        assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=TIMEOUT) == (3, 5)
+        c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        assert [(r.offset, r.value) for r in consume(c, 2)] == [(3, b"3"), (4, b"4")]
+    finally:
+        c.close()
+    (beyond,) = a.delete_records([TopicPartition(topic, 0, 99)]).values()
+    with pytest.raises(KafkaException) as info:
+        beyond.result(TIMEOUT)
+    assert info.value.args[0].name() == "OFFSET_OUT_OF_RANGE"
+
+
+def test_describe_and_alter_topic_configs(broker: Target, topic: str) -> None:
+    a = admin(broker.bootstrap)
+    a.create_topics([NewTopic(topic, 1, 1, config={"retention.ms": "3600000"})])[topic].result(TIMEOUT)
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+
+    def describe() -> dict[str, str | None]:
+        entries = a.describe_configs([resource])[resource].result(TIMEOUT)
+        return {name: entry.value for name, entry in entries.items()}
+
+    configs = describe()
+    # Kafka's documented topic defaults, which the store shares (README: the store's flags).
+    assert configs["retention.ms"] == "3600000"
+    assert configs["max.message.bytes"] == "1048588"
+    assert configs["segment.bytes"] == "1073741824"
+    assert configs["retention.bytes"] == "-1"
+    assert configs["cleanup.policy"] == "delete"
+    assert configs["message.timestamp.type"] == "CreateTime"
+    change = ConfigResource(
+        ResourceType.TOPIC, topic,
+        incremental_configs=[ConfigEntry("retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET)],
+    )
+    assert a.incremental_alter_configs([change])[change].result(TIMEOUT) is None
+    assert describe()["retention.ms"] == "7200000"
+    bad = ConfigResource(
+        ResourceType.TOPIC, topic,
+        incremental_configs=[ConfigEntry("max.message.bytes", "abc", incremental_operation=AlterConfigOpType.SET)],
+    )
+    with pytest.raises(KafkaException) as info:
+        a.incremental_alter_configs([bad])[bad].result(TIMEOUT)
+    assert info.value.args[0].name() == "INVALID_CONFIG"
