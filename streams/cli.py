@@ -126,6 +126,14 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         "[STREAMS_FSYNC]",
     )
     s.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=int(_env("STREAMS_MAX_BUFFERED_BYTES", str(64 * 1024 * 1024)) or 0),
+        help="memory all connections together may hold for requests still arriving; over it, "
+        "connections in the middle of a request wait (Kafka's queued.max.request.bytes) "
+        "[STREAMS_MAX_BUFFERED_BYTES]",
+    )
+    s.add_argument(
         "--max-connections",
         type=int,
         default=int(_env("STREAMS_MAX_CONNECTIONS", "1024") or 0),
@@ -164,6 +172,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ("--max-message-bytes", args.max_message_bytes, 64),
         ("--segment-ms", args.segment_ms, 1),
         ("--max-connections", args.max_connections, 1),
+        ("--max-buffered-bytes", args.max_buffered_bytes, 1024),
     ):
         if value < low:
             print(f"outbox streams serve: {name} must be at least {low}", file=sys.stderr)
@@ -181,6 +190,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         advertised_port=adv_port,
         auto_create_topics=not args.no_auto_create,
         max_request_bytes=args.max_request_size,
+        max_buffered_request_bytes=args.max_buffered_bytes,
         max_connections=args.max_connections,
         idle_timeout_s=args.idle_timeout,
         fsync=args.fsync,

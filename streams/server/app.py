@@ -15,7 +15,7 @@ from streams.storage.files import atomic_write
 
 from .broker import Broker
 from .config import ServerConfig
-from .connection import Connection
+from .connection import Connection, Connections
 from .flusher import Flusher
 
 __all__ = ["ServerError", "serve"]
@@ -55,7 +55,7 @@ async def serve(config: ServerConfig, store_config: storage.StoreConfig) -> int:
     try:
         flusher = Flusher(config.fsync, fatal)
         broker = Broker(config, store, flusher, _cluster_id(config.data_dir))
-        connections: set[Connection] = set()
+        connections = Connections(config.max_buffered_request_bytes)
         try:
             server = await loop.create_server(
                 lambda: Connection(broker, connections), config.host, config.port, reuse_address=True, backlog=1024
@@ -90,7 +90,7 @@ async def serve(config: ServerConfig, store_config: storage.StoreConfig) -> int:
         await stop.wait()
         log.info("shutting down")
         server.close()
-        for conn in list(connections):
+        for conn in connections:
             conn.stop_reading()
         for task in background:
             task.cancel()
@@ -101,12 +101,12 @@ async def serve(config: ServerConfig, store_config: storage.StoreConfig) -> int:
             deadline = time.monotonic() + 5.0
             while any(conn.pending for conn in connections) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            for conn in list(connections):
+            for conn in connections:
                 if conn.transport is not None:
                     conn.transport.close()
             await asyncio.sleep(0)
         else:
-            for conn in list(connections):
+            for conn in connections:
                 if conn.transport is not None:
                     conn.transport.abort()
     finally:
@@ -161,7 +161,7 @@ def _retention(store: storage.Store) -> None:
         log.info("retention deleted %d segment(s)", deleted)
 
 
-def _sweep(connections: set[Connection]) -> None:
+def _sweep(connections: Connections) -> None:
     now = time.monotonic()
-    for conn in list(connections):
+    for conn in connections:
         conn.check_timeouts(now)

@@ -50,6 +50,7 @@ class ServerConfig:
     node_id: int = 1
     auto_create_topics: bool = True
     max_request_bytes: int = 8 * 1024 * 1024
+    max_buffered_request_bytes: int = 64 * 1024 * 1024
     max_connections: int = 1024
     idle_timeout_s: float = 600.0
     request_timeout_s: float = 30.0

@@ -15,7 +15,7 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 
 from streams.protocol.apis import ApiKey, UnsupportedApi, api_versions_error_response, decode_request
 from streams.protocol.frames import FrameError, FrameReader
@@ -23,7 +23,7 @@ from streams.protocol.header import MalformedRequest
 
 from .broker import Broker, Part, close_parts
 
-__all__ = ["Connection"]
+__all__ = ["Connection", "Connections"]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,46 @@ _MAX_PENDING = 128  # responses queued before the connection stops reading (back
 _SENDFILE_MIN = 64 * 1024
 
 
+class Connections:
+    """Every open connection, and a global cap on the memory their half-received requests hold.
+
+    Each connection may buffer one partial frame of up to --max-request-size; without a global cap
+    many slow or hostile connections could hold that much each. Over the cap, a connection that
+    is mid-frame stops being read until others complete or close (Kafka's queued.max.request.bytes).
+    """
+
+    def __init__(self, max_buffered_bytes: int) -> None:
+        self.open: set[Connection] = set()
+        self.max_buffered = max_buffered_bytes
+        self.buffered = 0
+        self._starved: list[Connection] = []
+
+    def __len__(self) -> int:
+        return len(self.open)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self.open))
+
+    def account(self, delta: int) -> None:
+        self.buffered += delta
+        while delta < 0 and self._starved and self.buffered < self.max_buffered:
+            self._starved.pop(0).unstarve()
+
+    @property
+    def over_budget(self) -> bool:
+        return self.buffered > self.max_buffered
+
+    def starve(self, conn: Connection) -> None:
+        self._starved.append(conn)
+
+    def forget(self, conn: Connection) -> None:
+        self.open.discard(conn)
+        if conn in self._starved:
+            self._starved.remove(conn)
+
+
 class Connection(asyncio.Protocol):
-    def __init__(self, broker: Broker, registry: set[Connection]) -> None:
+    def __init__(self, broker: Broker, registry: Connections) -> None:
         self.broker = broker
         self.registry = registry
         self.transport: asyncio.Transport | None = None
@@ -44,6 +82,7 @@ class Connection(asyncio.Protocol):
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._paused_reading = False
+        self._starved = False
         self._closing_reads = False
         self._write_paused = False
         self._can_write = asyncio.Event()
@@ -80,13 +119,14 @@ class Connection(asyncio.Protocol):
             )
             transport.abort()
             return
-        self.registry.add(self)
+        self.registry.open.add(self)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name=f"writer {self.peer}")
         log.debug("connection from %s", self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.registry.discard(self)
+        self.registry.forget(self)
+        self.registry.account(-self.reader.buffered)
         if self._writer is not None:
             self._writer.cancel()
         while self._out:
@@ -112,12 +152,19 @@ class Connection(asyncio.Protocol):
         if self._closing:
             return
         self.last_activity = time.monotonic()
+        before = self.reader.buffered
         try:
             frames = self.reader.feed(data)
         except FrameError as exc:
+            self.registry.account(-before)
             self.close(f"bad frame: {exc}")
             return
+        self.registry.account(self.reader.buffered - before)
         self.partial_since = self.last_activity if self.reader.buffered else None
+        if self.reader.buffered and self.registry.over_budget and not self._starved:
+            self._starved = True
+            self.registry.starve(self)
+            self._pause_reading()
         for frame in frames:
             if self._closing:
                 return
@@ -237,6 +284,7 @@ class Connection(asyncio.Protocol):
     def _maybe_resume_reading(self) -> None:
         if (
             self._paused_reading
+            and not self._starved
             and not self._closing_reads
             and not self._write_paused
             and len(self._out) < _MAX_PENDING // 2
@@ -245,6 +293,10 @@ class Connection(asyncio.Protocol):
         ):
             self._paused_reading = False
             self.transport.resume_reading()
+
+    def unstarve(self) -> None:
+        self._starved = False
+        self._maybe_resume_reading()
 
     def stop_reading(self) -> None:
         """Take no new requests (shutdown); queued responses still go out."""
