@@ -34,6 +34,7 @@ __all__ = [
     "build_batch",
     "decode_records",
     "encode_request",
+    "init_producer_id",
     "split_batches",
 ]
 
@@ -310,3 +311,12 @@ class WireClient:
         resp = self.call(req, ListOffsetsResponse, version)
         p = resp.topics[0].partitions[0]
         return int(p.error_code), int(p.offset), int(p.timestamp)
+
+
+def init_producer_id(client: WireClient, version: int = 1) -> tuple[int, int, int]:
+    """(error code, producer id, epoch) of an InitProducerId without a transactional id."""
+    from kafka.protocol.producer.transaction import InitProducerIdRequest, InitProducerIdResponse
+
+    req = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)
+    resp = client.call(req, InitProducerIdResponse, version)
+    return int(resp.error_code), int(resp.producer_id), int(resp.producer_epoch)

@@ -26,16 +26,17 @@ import time
 from collections import Counter
 
 import pytest
+from kafka.protocol.admin.topics import DeleteTopicsRequest, DeleteTopicsResponse
 
-from tests.e2e._support import Rec, read_all_kafka_python, validate_log_files, wait_until
+from tests.e2e._support import Rec, read_all_kafka_python, segment_logs, validate_log_files, wait_until
 from tests.e2e._traffic import NON_IDEMPOTENT, PRODUCERS, History, Traffic
-from tests.e2e._wire import NONE, WireClient, build_batch
+from tests.e2e._wire import NONE, WireClient, build_batch, init_producer_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 TOPIC = "crash"
 PARTITIONS = 4
-ROUNDS = 6
+ROUNDS = 5
 ACKS_PER_ROUND = 400
 MIN_ACKS_EACH = 30
 
@@ -99,8 +100,10 @@ def _check(rnd: int, bootstrap: str, data_dir, history: History, ever: dict[tupl
     return {p: len(records) for p, records in log.items()}
 
 
-def test_acknowledged_records_survive_kill_9_under_concurrent_acks_all_traffic(store_factory, rng) -> None:
-    store = store_factory()
+@pytest.mark.parametrize("store_args", [[], ["--segment-bytes", "65536"]], ids=["one-segment", "rolling-segments"])
+def test_acknowledged_records_survive_kill_9_under_concurrent_acks_all_traffic(store_factory, rng, store_args) -> None:
+    """With small segments the kills also land during segment rolls (new file + directory fsync)."""
+    store = store_factory(store_args)
     with WireClient(store.bootstrap) as client:
         assert client.create_topic(TOPIC, PARTITIONS) == NONE
     history = History()
@@ -125,6 +128,53 @@ def test_acknowledged_records_survive_kill_9_under_concurrent_acks_all_traffic(s
             traffic.stop()
         store.start()
         ends = _check(rnd, store.bootstrap, store.data_dir, history, ever)
+    if store_args:
+        assert len(segment_logs(store.data_dir, TOPIC, 0)) > ROUNDS, "the segments did not roll"
     assert len(history.acked) >= ROUNDS * ACKS_PER_ROUND
     assert {who for _, _, _, who in history.acked} >= {*PRODUCERS, "probe"}
     assert history.seen, "the tailing consumer never saw a record: the visibility check checked nothing"
+
+
+def test_producer_ids_are_never_handed_out_twice_across_kill_9(store_factory) -> None:
+    """A reused producer id would make the new producer's sequence 0 collide with the old one's
+    state rebuilt from the log (OUT_OF_ORDER_SEQUENCE, or a retry mistaken for a duplicate)."""
+    store = store_factory()
+    handed_out: set[int] = set()
+    for rnd in range(4):
+        with WireClient(store.bootstrap) as client:
+            for _ in range(3 + rnd):
+                error, pid, epoch = init_producer_id(client)
+                assert error == NONE and pid >= 0 and epoch >= 0
+                assert pid not in handed_out, f"round {rnd}: producer id {pid} was handed out before a crash"
+                handed_out.add(pid)
+        store.restart(kill=rnd % 2 == 0)
+
+
+def test_topic_create_and_delete_survive_kill_9_whole(store_factory) -> None:
+    """Created and deleted topics are all-or-nothing after a crash right after the answer."""
+    store = store_factory()
+    with WireClient(store.bootstrap) as client:
+        assert client.create_topic("doomed", 2) == NONE
+        assert client.produce("doomed", 1, build_batch([(b"k", b"v", [])], timestamp=1))[0] == NONE
+    for rnd in range(3):
+        with WireClient(store.bootstrap) as client:
+            assert client.create_topic(f"fresh-{rnd}", 3) == NONE
+            if rnd == 0:
+                req = DeleteTopicsRequest(topic_names=["doomed"], timeout_ms=5000)
+                assert client.call(req, DeleteTopicsResponse, 3).responses[0].error_code == NONE
+        store.kill()
+        store.start()
+        with WireClient(store.bootstrap) as client:
+            meta = client.metadata(None)
+            for r in range(rnd + 1):
+                name = f"fresh-{r}"
+                assert meta.get(name) == (NONE, dict.fromkeys(range(3), NONE)), f"{name} after kill -9: {meta}"
+                for p in range(3):
+                    error, _ = client.produce(name, p, build_batch([(b"k", b"v", [])], timestamp=1))
+                    assert error == NONE, f"{name}-{p} is not writable after kill -9: {error}"
+            if rnd == 0:
+                assert "doomed" not in meta, f"a deleted topic came back after kill -9: {meta}"
+                assert not any((store.data_dir / f"doomed-{p}").exists() for p in range(2)), "its files are back"
+                # Re-creating the deleted topic starts it empty (no resurrected data).
+                assert client.create_topic("doomed", 2) == NONE
+                assert client.fetch_all("doomed", 1) == (0, [])
