@@ -14,6 +14,7 @@ from .admin_cli import add_admin_subcommands
 from .errors import StreamsError
 from .server.app import serve
 from .server.config import ServerConfig, parse_fsync_policy
+from .server.groups import GroupSettings
 
 __all__ = ["add_subcommands", "main"]
 
@@ -126,6 +127,38 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         "[STREAMS_FSYNC]",
     )
     s.add_argument(
+        "--group-initial-rebalance-delay-ms",
+        type=int,
+        default=int(_env("STREAMS_GROUP_INITIAL_REBALANCE_DELAY_MS", "100") or 0),
+        help="how long a new group waits for more members before its first rebalance (Kafka: 3000) "
+        "[STREAMS_GROUP_INITIAL_REBALANCE_DELAY_MS]",
+    )
+    s.add_argument(
+        "--group-min-session-timeout-ms",
+        type=int,
+        default=int(_env("STREAMS_GROUP_MIN_SESSION_TIMEOUT_MS", "6000") or 0),
+        help="smallest session timeout a consumer may ask for [STREAMS_GROUP_MIN_SESSION_TIMEOUT_MS]",
+    )
+    s.add_argument(
+        "--group-max-session-timeout-ms",
+        type=int,
+        default=int(_env("STREAMS_GROUP_MAX_SESSION_TIMEOUT_MS", "1800000") or 0),
+        help="largest session timeout a consumer may ask for [STREAMS_GROUP_MAX_SESSION_TIMEOUT_MS]",
+    )
+    s.add_argument(
+        "--offsets-retention-ms",
+        type=int,
+        default=int(_env("STREAMS_OFFSETS_RETENTION_MS", str(7 * _DAY_MS)) or 0),
+        help="committed offsets of a group that stays empty this long are deleted "
+        "(Kafka's offsets.retention.minutes) [STREAMS_OFFSETS_RETENTION_MS]",
+    )
+    s.add_argument(
+        "--retention-check-interval-ms",
+        type=int,
+        default=int(_env("STREAMS_RETENTION_CHECK_INTERVAL_MS", "60000") or 0),
+        help="how often retention and offset expiry run [STREAMS_RETENTION_CHECK_INTERVAL_MS]",
+    )
+    s.add_argument(
         "--max-buffered-bytes",
         type=int,
         default=int(_env("STREAMS_MAX_BUFFERED_BYTES", str(64 * 1024 * 1024)) or 0),
@@ -173,6 +206,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ("--segment-ms", args.segment_ms, 1),
         ("--max-connections", args.max_connections, 1),
         ("--max-buffered-bytes", args.max_buffered_bytes, 1024),
+        ("--group-initial-rebalance-delay-ms", args.group_initial_rebalance_delay_ms, 0),
+        ("--group-min-session-timeout-ms", args.group_min_session_timeout_ms, 1),
+        ("--offsets-retention-ms", args.offsets_retention_ms, 0),
+        ("--retention-check-interval-ms", args.retention_check_interval_ms, 10),
     ):
         if value < low:
             print(f"outbox streams serve: {name} must be at least {low}", file=sys.stderr)
@@ -191,6 +228,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         auto_create_topics=not args.no_auto_create,
         max_request_bytes=args.max_request_size,
         max_buffered_request_bytes=args.max_buffered_bytes,
+        retention_check_interval_s=args.retention_check_interval_ms / 1000,
+        groups=GroupSettings(
+            initial_rebalance_delay_ms=args.group_initial_rebalance_delay_ms,
+            min_session_timeout_ms=args.group_min_session_timeout_ms,
+            max_session_timeout_ms=args.group_max_session_timeout_ms,
+            offsets_retention_ms=args.offsets_retention_ms,
+        ),
         max_connections=args.max_connections,
         idle_timeout_s=args.idle_timeout,
         fsync=args.fsync,

@@ -17,6 +17,7 @@ from .broker import Broker
 from .config import ServerConfig
 from .connection import Connection, Connections
 from .flusher import Flusher
+from .groups import GroupCoordinator
 
 __all__ = ["ServerError", "serve"]
 
@@ -52,9 +53,12 @@ async def serve(config: ServerConfig, store_config: storage.StoreConfig) -> int:
     started = time.monotonic()
     store = storage.Store(store_config)
     store.open()
+    offsets = storage.OffsetStore(config.data_dir / "meta" / "offsets")
     try:
+        offsets.open()
         flusher = Flusher(config.fsync, fatal)
-        broker = Broker(config, store, flusher, _cluster_id(config.data_dir))
+        coordinator = GroupCoordinator(config.groups, offsets, flusher)
+        broker = Broker(config, store, flusher, _cluster_id(config.data_dir), coordinator)
         connections = Connections(config.max_buffered_request_bytes)
         try:
             server = await loop.create_server(
@@ -74,6 +78,11 @@ async def serve(config: ServerConfig, store_config: storage.StoreConfig) -> int:
             loop.create_task(_every(config.retention_check_interval_s, lambda: _retention(store)), name="retention"),
             loop.create_task(_every(1.0, lambda: _sweep(connections)), name="timeouts"),
             loop.create_task(_scrub(store), name="scrub"),
+            loop.create_task(_every(0.1, coordinator.tick), name="group timers"),
+            loop.create_task(
+                _every(config.retention_check_interval_s, lambda: coordinator.expire_offsets(int(time.time() * 1000))),
+                name="offset expiry",
+            ),
         ]
         log.info(
             "listening on %s:%d (advertised as %s:%d), data dir %s, fsync %s, ready in %.2fs",
@@ -111,6 +120,7 @@ async def serve(config: ServerConfig, store_config: storage.StoreConfig) -> int:
                     conn.transport.abort()
     finally:
         if exit_code == 0:
+            offsets.close()
             store.close()
             log.info("stopped cleanly")
         else:
@@ -124,8 +134,8 @@ async def _every(seconds: float, fn: object) -> None:
         await asyncio.sleep(seconds)
         try:
             fn()
-        except StorageError:
-            log.exception("periodic storage task failed")
+        except Exception:
+            log.exception("periodic task %s failed; it will run again", getattr(fn, "__qualname__", fn))
 
 
 async def _checkpoints(store: storage.Store, seconds: float) -> None:

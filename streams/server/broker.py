@@ -32,6 +32,7 @@ from streams.protocol.records import InvalidBatch, iter_batches, validate_record
 
 from .config import ServerConfig
 from .flusher import Flusher
+from .groups import GroupCoordinator
 
 __all__ = ["Broker", "Part", "Reply", "close_parts"]
 
@@ -59,8 +60,16 @@ def _now_ms() -> int:
 class Broker:
     """The single node's request handling, on top of one :class:`storage.Store`."""
 
-    def __init__(self, config: ServerConfig, store: storage.Store, flusher: Flusher, cluster_id: str) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: storage.Store,
+        flusher: Flusher,
+        cluster_id: str,
+        coordinator: GroupCoordinator | None = None,
+    ) -> None:
         self.config = config
+        self.coordinator = coordinator
         self.store = store
         self.flusher = flusher
         self.cluster_id = cluster_id
@@ -81,6 +90,8 @@ class Broker:
 
         for key, handler in ADMIN_HANDLERS.items():
             self._handlers[key] = functools.partial(handler, self)
+        if coordinator is not None:
+            self._handlers.update(coordinator.bind(self))
         self.served = frozenset(self._handlers)
         """API keys this broker handles: the only ones ApiVersions advertises."""
 
@@ -494,6 +505,8 @@ class Broker:
                 for index in range(meta.partitions):
                     self.flusher.forget(self.store.log(name, index))
                 self.store.delete_topic(name)
+                if self.coordinator is not None:
+                    self.coordinator.topic_deleted(name)
                 log.info("deleted topic %r", name)
             results.append(
                 DeleteTopicsResponse.DeletableTopicResult(name=name, error_code=error, error_message=message)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .groups import GroupSettings
+
 __all__ = ["FsyncPolicy", "ServerConfig", "parse_fsync_policy"]
 
 
@@ -58,3 +60,4 @@ class ServerConfig:
     checkpoint_interval_s: float = 5.0
     retention_check_interval_s: float = 60.0
     ready_file: Path | None = None
+    groups: GroupSettings = field(default_factory=GroupSettings)
