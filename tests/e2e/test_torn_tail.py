@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ from tests.e2e._wire import (
     decode_records,
     split_batches,
 )
+from tests.support._proc import REPO_ROOT, popen
 from tests.support.store import StoreProcess
 
 pytestmark = pytest.mark.timeout(180)
@@ -515,3 +518,47 @@ def test_segment_files_left_by_a_crash_during_a_roll_are_repaired(store_factory,
             batch = build_batch([(b"k", b"after", [])], timestamp=BASE_TS)
             assert client.produce(topic, p, batch) == (NONE, seeded[p].end), case
             assert client.fetch_all(topic, p)[0] == seeded[p].end + 1, case
+
+
+def _kill_during_recovery(store: StoreProcess, delay: float) -> str:
+    """Run the store's command, SIGKILL it ``delay`` s after it starts opening the data dir; its log."""
+    log_path = store.work_dir / "interrupted.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    with log_path.open("wb") as log:
+        proc = popen(store.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until(
+            lambda: b"opening store" in log_path.read_bytes() or proc.poll() is not None,
+            30,
+            "the store to start opening its data dir",
+        )
+        time.sleep(delay)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    return log_path.read_text(errors="replace")
+
+
+def test_kill_9_during_startup_recovery_is_harmless(store_factory, rng) -> None:
+    """Compound failure: the store is killed again and again while it recovers a torn log."""
+    store = store_factory()
+    one = build_batch([(b"k", b"v" * 20, [("h", b"1")])], timestamp=BASE_TS)
+    with WireClient(store.bootstrap) as client:
+        assert client.create_topic("big", 2) == NONE
+        for p in range(2):
+            for _ in range(3):  # 12,000 small batches per partition: recovery takes a while
+                assert client.produce("big", p, one * 4000)[0] == NONE
+    store.kill()
+    before = {p: _stored(store, "big", p) for p in range(2)}
+    path = segment_logs(store.data_dir, "big", 0)[-1]
+    with path.open("ab") as f:
+        f.write(one[: rng.randrange(1, len(one))])  # a torn last batch above the checkpoint
+    logs = [_kill_during_recovery(store, delay) for delay in (0.0, 0.03, rng.uniform(0, 0.3))]
+    store.start()
+    logs.append(store_log_since(store, store.starts))
+    assert any(re.search(r"big-0: dropped \d+ bytes", text) for text in logs), "the torn tail was never cut"
+    with WireClient(store.bootstrap) as client:
+        for p in range(2):
+            assert _fetched(client, "big", p) == before[p].batches, f"partition {p} lost or changed data"
+            assert client.produce("big", p, one) == (NONE, before[p].end)
