@@ -42,8 +42,9 @@ clean close or compaction count as tail: corruption there is indistinguishable f
 and is truncated, not reported.
 
 Compaction: when the file exceeds ``max(compact_min_bytes, compact_factor x the estimated size
-of the live entries)``, the live state is written (on the loop thread, without fsync) to a temp
-file, which becomes the file appends go to. The next sync ticket fdatasyncs it, renames it over
+of the live entries)`` (live entries x the bytes per entry the last compaction wrote), the live
+state is written (on the loop thread, without fsync: about 1 µs of CPU per entry) to a temp file,
+which becomes the file appends go to. The next sync ticket fdatasyncs it, renames it over
 ``offsets.log`` and fsyncs the directory, in its worker thread; the high watermark only passes
 records written after the last sync once that rename is durable. A crash before the rename
 leaves the old file (holding everything synced so far) and a temp file that open removes; after

@@ -335,6 +335,7 @@ def test_torn_tail_at_many_cut_points(tmp_path: Path, caplog: pytest.LogCaptureF
             with caplog.at_level(logging.WARNING, logger="streams.storage.offsets"):
                 s2 = open_offsets(d)
             got = state(s2)
+            assert (d / LOG_NAME).stat().st_size == s2.size_bytes  # the tail is gone from the file
             matches = [k for k in range(synced_records, len(snapshots)) if snapshots[k] == got]
             assert matches, f"cut {cut} with {len(junk)} junk bytes gave a state that never existed"
             seen_records.add(matches[-1])
@@ -438,6 +439,34 @@ def test_corruption_in_synced_data_is_refused(tmp_path: Path) -> None:
     s = open_offsets(tmp_path / "o")
     assert len(s.fetch("g")) == 20
     s.close()
+
+
+def test_crc_catches_damage_that_still_parses(tmp_path: Path) -> None:
+    s = open_offsets(tmp_path / "o")
+    s.commit("g", [("t", 0, 123456, -1, None)], 1)
+    s.commit("g", [("t", 1, 5, -1, None)], 2)
+    s.close()
+    path = tmp_path / "o" / LOG_NAME
+    data = path.read_bytes()
+    assert data.count(b"123456") == 1
+    path.write_bytes(data.replace(b"123456", b"923456"))  # still valid JSON, still a valid record
+    with pytest.raises(CorruptLogError, match="CRC"):
+        OffsetStore(tmp_path / "o").open()
+
+
+def test_checkpoint_after_compaction_vouches_for_the_new_file(tmp_path: Path) -> None:
+    s = open_offsets(tmp_path / "o")
+    for i in range(20):
+        s.commit("g", [("t", i, i, -1, None)], i)
+    s.compact()
+    s.sync()
+    s.commit("g", [("t", 0, 777777, -1, None)], 99)  # after the compacted part
+    s.close()
+    path = tmp_path / "o" / LOG_NAME
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"777777", b"777778"))
+    with pytest.raises(CorruptLogError, match="CRC"):
+        OffsetStore(tmp_path / "o").open()
 
 
 def test_compacted_part_is_trusted_without_a_checkpoint(tmp_path: Path) -> None:
