@@ -155,6 +155,9 @@ class GroupCoordinator:
         self.flusher = flusher
         self.groups: dict[str, Group] = {}
         self._broker: Broker | None = None
+        # Groups are not persisted: after a restart an idle group counts as empty from now on,
+        # so its offsets are not expired before its members had the chance to come back.
+        self._started_ms = int(time.time() * 1000)
 
     def bind(self, broker: Broker) -> dict[int, Any]:
         """Attach to the broker; returns the API handlers this coordinator serves."""
@@ -584,8 +587,10 @@ class GroupCoordinator:
         def empty_since(group_id: str) -> int | None:
             group = self.groups.get(group_id)
             if group is None:
-                return 0
-            return group.empty_since_ms if group.is_empty() else None
+                return self._started_ms
+            if not group.is_empty():
+                return None
+            return max(group.empty_since_ms, self._started_ms)
 
         before = self.offsets.log_end_offset
         expired = self.offsets.expire(now_ms, self.settings.offsets_retention_ms, empty_since)
@@ -637,8 +642,13 @@ class GroupCoordinator:
                 if code == ErrorCode.NONE:
                     if meta is None or not 0 <= p.partition_index < meta.partitions:
                         code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-                    elif p.committed_metadata is not None and len(p.committed_metadata.encode()) > _MAX_METADATA_BYTES:
+                    elif (
+                        p.committed_metadata is not None
+                        and len(p.committed_metadata.encode("utf-8", "surrogatepass")) > _MAX_METADATA_BYTES
+                    ):
                         code = OFFSET_METADATA_TOO_LARGE
+                    elif p.committed_offset < -1 or getattr(p, "committed_leader_epoch", -1) < -1:
+                        code = ErrorCode.INVALID_REQUEST
                     else:
                         epoch = getattr(p, "committed_leader_epoch", -1) if request.version >= 6 else -1
                         to_commit.append(
