@@ -164,7 +164,7 @@ def describe_configs(broker: Broker, request: DecodedRequest) -> Reply:
     results = []
     for resource in body.resources:
         error: int = ErrorCode.NONE
-        message: str | None = None
+        message: str | None = ""  # Kafka's DescribeConfigs sends "" rather than null
         configs: list[Any] = []
         try:
             keys = resource.configuration_keys
@@ -202,7 +202,7 @@ def _describe_topic(
     _check_topic_name(name)
     meta = broker.store.topics().get(name)
     if meta is None:
-        raise _ResourceError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, None)  # Kafka sends no message here
+        raise _ResourceError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "")  # no message, as in Kafka
     defaults = broker.store.config.topic_defaults.to_kafka()
     kafka_defaults = _KAFKA_DEFAULTS.to_kafka()
     out = []
@@ -213,10 +213,15 @@ def _describe_topic(
         chain: list[tuple[str, str, int]] = []
         if key in meta.overrides:
             chain.append((key, value, _DYNAMIC_TOPIC_CONFIG))
-        if defaults[key] != kafka_defaults[key]:  # a --flag changed the store-wide default
+        flagged = defaults[key] != kafka_defaults[key]  # a --flag changed the store-wide default
+        if flagged:
             chain.append((info.broker_name, defaults[key], _STATIC_BROKER_CONFIG))
-        chain.append((*info.default_synonym, _DEFAULT_CONFIG))
-        source = chain[0][2]
+        default_name, default_value = info.default_synonym
+        if flagged or default_name == info.broker_name:
+            # Kafka lists broker synonyms from the first one that is set: retention.ms shows
+            # log.retention.hours=168 only after a log.retention.ms that is set.
+            chain.append((default_name, default_value, _DEFAULT_CONFIG))
+        source = chain[0][2] if chain else _DEFAULT_CONFIG
         out.append(
             _ConfigEntry(
                 name=key,
