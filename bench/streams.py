@@ -478,7 +478,7 @@ def report(results: Sequence[SystemResult], st: Settings) -> str:
                 if ph.latencies:
                     lat = (f" p99.9 {percentile(ph.latencies, 99.9) * 1e3:.2f} ms, max {ph.latencies[-1] * 1e3:.2f} ms;")
                 errs = f" {ph.errors} errors;" if ph.errors else ""
-                out.append(f"    {name:8s} {ph.count:,} msgs in {ph.seconds:.2f} s;{lat}{errs} {ph.cpu_text()}"
+                out.append(f"    {name:8s} {ph.count:,} msgs in {ph.seconds:.2f} s;{lat}{errs} {ph.cpu_text() or '-'}"
                            + (f"; {ph.note.strip('; ')}" if ph.note.strip("; ") else ""))
         for name, msg in r.failures.items():
             first = msg.splitlines()[-1] if msg else ""
