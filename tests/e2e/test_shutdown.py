@@ -208,3 +208,30 @@ def test_kill_9_in_interval_mode_loses_nothing_a_consumer_saw(store_factory) -> 
     assert not unseen, f"{len(unseen)} records a consumer read are gone after kill -9: {unseen[:3]}"
     lost = [(o, who) for _, o, rec, who in history.acked if present.get(o) != rec]
     assert not lost, f"a process crash lost {len(lost)} acknowledged records in interval mode: {lost[:5]}"
+
+
+def test_interval_mode_never_shows_consumers_unsynced_records(store_factory) -> None:
+    """G4's second half, observable without a power cut: with a long fsync interval, produce is
+    acknowledged after the write to the OS, but no fetch or ListOffsets reveals those records until
+    they are synced (here: by the clean shutdown, long before the first interval tick)."""
+    store = store_factory(["--fsync", "interval:600000"])
+    with WireClient(store.bootstrap) as client:
+        assert client.create_topic("unsynced", 1) == NONE
+        for i in range(5):
+            batch = build_batch([(b"k", b"unsynced-%d" % i, [])], timestamp=1_700_000_000_000 + i)
+            assert client.produce("unsynced", 0, batch, acks=-1) == (NONE, i), "acks must not wait in interval mode"
+        assert client.fetch("unsynced", 0, 0) == (NONE, 0, b""), "a consumer saw records that are not fsynced"
+        assert client.list_offset("unsynced", 0, -1)[:2] == (NONE, 0), "the high watermark ran ahead of fsync"
+    consumer = KafkaConsumer(
+        bootstrap_servers=store.bootstrap, group_id=None, auto_offset_reset="earliest", consumer_timeout_ms=1500
+    )
+    try:
+        consumer.assign([TopicPartition("unsynced", 0)])
+        assert [m.value for m in consumer] == [], "a real consumer saw records that are not fsynced"
+    finally:
+        consumer.close()
+    assert store.stop() == 0  # a clean stop syncs everything
+    store.start()
+    with WireClient(store.bootstrap) as client:
+        hw, batches = client.fetch_all("unsynced", 0)
+    assert hw == 5 and len(batches) == 5
