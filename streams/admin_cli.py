@@ -549,10 +549,17 @@ def _groups_list(args: argparse.Namespace, s: _Session) -> int:
         ),
         key=lambda g: str(g["group"]),
     )
+    # ListGroups reports states only from v4 (Kafka 2.6); ask DescribeGroups where it did not.
+    stateless = [str(g["group"]) for g in groups if not g["state"]]
+    if stateless:
+        described = _retry(s, lambda: s.admin.describe_groups(stateless))
+        for g in groups:
+            if not g["state"]:
+                g["state"] = (described.get(g["group"]) or {}).get("group_state") or None
     if args.json:
         _print_json({"groups": groups})
     else:
-        print(_table(["GROUP", "STATE"], [[g["group"], g["state"] or None] for g in groups]))
+        print(_table(["GROUP", "STATE"], [[g["group"], g["state"]] for g in groups]))
     return 0
 
 
