@@ -218,6 +218,8 @@ def _datetime_ms(text: str) -> int:
         ) from None
     if moment.tzinfo is None:
         moment = moment.astimezone()
+    if moment < _EPOCH:
+        raise argparse.ArgumentTypeError(f"{text!r} is before 1970-01-01T00:00:00Z")
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
@@ -243,8 +245,8 @@ def _wrap(name: str, command: Callable[[argparse.Namespace, _Session], int]) -> 
         except kerrors.KafkaError as exc:
             print(f"outbox streams {name}: {_kafka_error_text(exc)}", file=sys.stderr)
             return 1
-        except BrokenPipeError:  # e.g. `| head`: not an error of ours
-            sys.stderr.close()
+        except BrokenPipeError:  # e.g. `| head` stopped reading: not worth a message
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             return 1
 
     return run
