@@ -240,7 +240,33 @@ def decode_request(frame_body: bytes | bytearray | memoryview, served: frozenset
         raise MalformedRequest(f"{spec.name} v{version} request does not decode: {exc}") from exc
     if end > len(view):
         raise MalformedRequest(f"{spec.name} v{version} request declares fields past its end")
+    _check_nulls(spec.request._struct, body, version, spec.name)
     return DecodedRequest(header, spec, body)
+
+
+def _nullable(field: Any, version: int) -> bool:
+    versions = field._nullable_versions
+    return versions is not None and versions[0] <= version <= versions[1]
+
+
+def _check_nulls(struct: Any, obj: Any, version: int, where: str) -> None:
+    """Reject a null in a field that is not nullable in this version, as Kafka's parser does.
+
+    The generated decoder accepts a -1 length anywhere, so without this a hostile request could
+    hand handlers a None where the schema promises a list or a string.
+    """
+    for field in struct.untagged_fields(version):
+        value = getattr(obj, field.name, None)
+        if value is None:
+            if not _nullable(field, version):
+                raise MalformedRequest(f"{where}: non-nullable field {field._name} is null")
+            continue
+        inner = getattr(field, "array_of", None)
+        if inner is not None and hasattr(inner, "untagged_fields"):
+            for item in value:
+                _check_nulls(inner, item, version, f"{where}.{field._name}")
+        elif hasattr(field, "untagged_fields") and field._fields:
+            _check_nulls(field, value, version, f"{where}.{field._name}")
 
 
 def frame(parts: bytes) -> bytes:

@@ -185,16 +185,40 @@ def _read_varint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tup
 
 def _walk_records(buf: bytes | bytearray | memoryview, pos: int, end: int, count: int) -> None:
     """Check the record framing: ``count`` records whose lengths tile ``[pos, end)`` exactly and
-    whose offset deltas are 0, 1, 2... (what a consumer relies on to decode them)."""
+    whose offset deltas are 0, 1, 2... (what a consumer relies on to decode them).
+
+    This runs for every produced record, so varints of up to two bytes (lengths below 8 KiB,
+    offset deltas below 8192) are decoded inline; longer ones use :func:`_read_varint`.
+    """
     index = 0
     read = _read_varint
     while pos < end:
-        length, pos = read(buf, pos, end)
+        b0 = buf[pos]
+        if b0 < 0x80:
+            raw = b0
+            pos += 1
+        elif pos + 1 < end and (b1 := buf[pos + 1]) < 0x80:
+            raw = (b0 & 0x7F) | (b1 << 7)
+            pos += 2
+        else:
+            length, pos = read(buf, pos, end)
+            raw = -1
+        if raw >= 0:
+            length = (raw >> 1) ^ -(raw & 1)
         if length <= 0 or pos + length > end:
             raise InvalidBatch(f"record {index} declares length {length}, past the batch end", corrupt=False)
         record_end = pos + length
-        _, p = read(buf, pos + 1, record_end)  # attributes (1 byte), then the timestamp delta
-        delta, p = read(buf, p, record_end)
+        p = pos + 1  # skip the attributes byte
+        while p < record_end and buf[p] >= 0x80:  # skip the timestamp delta
+            p += 1
+        p += 1
+        if p < record_end and (b0 := buf[p]) < 0x80:
+            delta = (b0 >> 1) ^ -(b0 & 1)
+        elif p + 1 < record_end and (b1 := buf[p + 1]) < 0x80:
+            raw = (b0 & 0x7F) | (b1 << 7)
+            delta = (raw >> 1) ^ -(raw & 1)
+        else:
+            delta, _ = read(buf, p, record_end)
         if delta != index:
             raise InvalidBatch(f"record {index} has offset delta {delta}", corrupt=False)
         pos = record_end

