@@ -176,12 +176,6 @@ def test_api_versions_v3_flexible(broker: Target, conn: socket.socket) -> None:
             assert versions[key][0] <= lo and versions[key][1] >= hi, key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README's protocol table lags the wire: the store now also advertises OffsetCommit, OffsetFetch, "
-    "JoinGroup, Heartbeat, LeaveGroup, SyncGroup, DescribeGroups, ListGroups, DeleteRecords, DescribeConfigs, "
-    "AlterConfigs, CreatePartitions, DeleteGroups and IncrementalAlterConfigs (commits 9fc1e66, 7a91341)",
-)
 def test_advertised_versions_match_readme(store: StoreProcess) -> None:
     host, port = store.bootstrap.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
