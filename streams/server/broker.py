@@ -24,7 +24,7 @@ from kafka.protocol.producer.produce import ProduceResponse
 from kafka.protocol.producer.transaction import InitProducerIdResponse
 
 from streams import storage
-from streams.errors import CorruptLogError, FatalStorageError
+from streams.errors import CorruptLogError, FatalStorageError, StorageError
 from streams.protocol.apis import ApiKey, DecodedRequest, api_versions_entries, encode_response
 from streams.protocol.errors import ErrorCode
 from streams.protocol.header import encode_response_header
@@ -304,14 +304,17 @@ class Broker:
                 if base < 0:
                     base = result.base_offset
                 last = result.last_offset
-        except storage.RecordTooLargeError as exc:
-            return ErrorCode.MESSAGE_TOO_LARGE, str(exc), -1, -1
-        except storage.OutOfOrderSequenceError as exc:
-            return ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER, str(exc), -1, -1
-        except storage.InvalidProducerEpochError as exc:
-            return ErrorCode.INVALID_PRODUCER_EPOCH, str(exc), -1, -1
+        except FatalStorageError as exc:
+            # The log is in an unknown state (e.g. a failed write could not be undone).
+            self.flusher.fail(exc)
+            return ErrorCode.KAFKA_STORAGE_ERROR, str(exc), -1, -1
         except CorruptLogError as exc:
             return ErrorCode.KAFKA_STORAGE_ERROR, str(exc), -1, -1
+        except StorageError as exc:
+            # Errors Kafka has a code for (too large, sequence, epoch, invalid record), else a
+            # retriable storage error: the write was undone, the client may try again.
+            code: int = getattr(exc, "kafka_error_code", ErrorCode.UNKNOWN_SERVER_ERROR)
+            return (code if code >= 0 else ErrorCode.KAFKA_STORAGE_ERROR), str(exc), -1, -1
         self.flusher.appended(plog)
         if acks != 0 and self.config.fsync.always:
             waits.append(self.flusher.wait_durable(plog, last + 1))

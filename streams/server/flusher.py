@@ -165,10 +165,15 @@ class Flusher:
         if not acks and not watch.progress:
             del self._watches[id(plog)]
 
+    def fail(self, exc: BaseException) -> None:
+        """A storage failure outside an fsync that breaks the durability promise: stop too."""
+        if self._failed is None:
+            self._fail(exc)
+
     def _fail(self, exc: BaseException) -> None:
         self._failed = exc
-        log.critical("fsync failed; the store stops acknowledging writes and exits: %s", exc)
-        err = FatalStorageError(f"fsync failed: {exc}")
+        log.critical("storage failed; the store stops acknowledging writes and exits: %s", exc)
+        err = FatalStorageError(f"storage failed: {exc}")
         for watch in self._watches.values():
             for _, fut in watch.acks:
                 if not fut.done():
