@@ -313,8 +313,8 @@ class Broker:
         except StorageError as exc:
             # Errors Kafka has a code for (too large, sequence, epoch, invalid record), else a
             # retriable storage error: the write was undone, the client may try again.
-            code: int = getattr(exc, "kafka_error_code", ErrorCode.UNKNOWN_SERVER_ERROR)
-            return (code if code >= 0 else ErrorCode.KAFKA_STORAGE_ERROR), str(exc), -1, -1
+            mapped: int = getattr(exc, "kafka_error_code", ErrorCode.UNKNOWN_SERVER_ERROR)
+            return (mapped if mapped >= 0 else ErrorCode.KAFKA_STORAGE_ERROR), str(exc), -1, -1
         self.flusher.appended(plog)
         if acks != 0 and self.config.fsync.always:
             waits.append(self.flusher.wait_durable(plog, last + 1))
