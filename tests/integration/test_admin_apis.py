@@ -529,6 +529,16 @@ def test_segment_bytes_change_rolls_smaller_segments(store: StoreProcess) -> Non
         assert hw == 10 and len(batches) == 10
 
 
+def test_max_message_bytes_change_applies_to_the_next_produce(admin: Admin) -> None:
+    topic = new_topic(admin)
+    big = build_batch([(None, b"x" * 3000, ())], timestamp=int(time.time() * 1000))
+    assert admin.produce(topic, 0, big) == (NONE, 0)
+    admin.set_configs(topic, max_message_bytes="2000")
+    assert admin.produce(topic, 0, big) == (10, -1)  # MESSAGE_TOO_LARGE
+    assert admin.incremental([(TOPIC, topic, [("max.message.bytes", DELETE, None)])]) == [(NONE, None)]
+    assert admin.produce(topic, 0, big) == (NONE, 1)
+
+
 @functools.cache
 def _retention_interval_flag() -> list[str]:
     """``--retention-check-interval-ms 200`` where the CLI has the flag; else the default 60 s sweep."""
