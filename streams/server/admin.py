@@ -51,6 +51,7 @@ _STATIC_BROKER_CONFIG = 4
 _DEFAULT_CONFIG = 5
 
 # DescribeConfigsResponse.ConfigType ids.
+_UNKNOWN_TYPE = 0
 _BOOLEAN = 1
 _STRING = 2
 _INT = 3
@@ -142,6 +143,9 @@ _TOPIC_KEYS: dict[str, _TopicKey] = {
 }
 """Every topic config the store honours (the keys of ``TopicConfig.to_kafka()``)."""
 
+_UNLISTED_KEY = _TopicKey("", ("", ""), _UNKNOWN_TYPE, "")
+"""For a config the storage layer knows but this table does not (yet): described without synonyms."""
+
 _LIST_KEYS = frozenset(k for k, v in _TOPIC_KEYS.items() if v.config_type == _LIST)
 
 
@@ -209,15 +213,15 @@ def _describe_topic(
     for key, value in sorted(meta.configs.items()):
         if wanted is not None and key not in wanted:
             continue
-        info = _TOPIC_KEYS[key]
+        info = _TOPIC_KEYS.get(key) or _UNLISTED_KEY
         chain: list[tuple[str, str, int]] = []
         if key in meta.overrides:
             chain.append((key, value, _DYNAMIC_TOPIC_CONFIG))
         flagged = defaults[key] != kafka_defaults[key]  # a --flag changed the store-wide default
-        if flagged:
+        if flagged and info.broker_name:
             chain.append((info.broker_name, defaults[key], _STATIC_BROKER_CONFIG))
         default_name, default_value = info.default_synonym
-        if flagged or default_name == info.broker_name:
+        if default_name and (flagged or default_name == info.broker_name):
             # Kafka lists broker synonyms from the first one that is set: retention.ms shows
             # log.retention.hours=168 only after a log.retention.ms that is set.
             chain.append((default_name, default_value, _DEFAULT_CONFIG))
@@ -232,7 +236,7 @@ def _describe_topic(
                 is_sensitive=False,
                 synonyms=[_Synonym(name=n, value=v, source=s) for n, v, s in chain] if include_synonyms else [],
                 config_type=info.config_type,
-                documentation=info.doc if include_docs else None,
+                documentation=(info.doc or None) if include_docs else None,
             )
         )
     return out
