@@ -302,9 +302,9 @@ def _check_broker_name(broker: Broker, name: str, *, describe: bool) -> None:
         what = "Broker" if describe else "Node"
         raise _ResourceError(ErrorCode.INVALID_REQUEST, f"{what} id must be an integer, but it is: {name}") from None
     if node != broker.config.node_id:
+        expected = f"{broker.config.node_id} or empty string" if describe else str(broker.config.node_id)
         raise _ResourceError(
-            ErrorCode.INVALID_REQUEST,
-            f"Unexpected broker id, expected {broker.config.node_id} or empty string, but received {name}",
+            ErrorCode.INVALID_REQUEST, f"Unexpected broker id, expected {expected}, but received {name}"
         )
 
 
