@@ -22,10 +22,12 @@ Checked after every restart (Jepsen-style history checks, see research/reliabili
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections import Counter
 
 import pytest
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.protocol.admin.topics import DeleteTopicsRequest, DeleteTopicsResponse
 
 from tests.e2e._support import Rec, read_all_kafka_python, segment_logs, validate_log_files, wait_until
@@ -178,3 +180,79 @@ def test_topic_create_and_delete_survive_kill_9_whole(store_factory) -> None:
                 # Re-creating the deleted topic starts it empty (no resurrected data).
                 assert client.create_topic("doomed", 2) == NONE
                 assert client.fetch_all("doomed", 1) == (0, [])
+
+
+def _committer(bootstrap: str, group: str, stop: threading.Event, state: dict, errors: list) -> None:
+    """Commit ever-growing offsets (with metadata naming them) until the store goes away."""
+    tps = [TopicPartition("committed", p) for p in range(2)]
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, request_timeout_ms=5000
+    )
+    try:
+        consumer.assign(tps)
+        n = state[group]["acked"]
+        while not stop.is_set():
+            n += 1
+            state[group]["attempted"] = n
+            try:
+                consumer.commit({tp: OffsetAndMetadata(n + tp.partition, f"n={n}", -1) for tp in tps})
+            except Exception:
+                if stop.is_set():
+                    return
+                time.sleep(0.01)
+                n -= 1
+                continue
+            state[group]["acked"] = n
+    except Exception as exc:
+        errors.append(f"{group}: {exc!r}")
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_committed_offsets_survive_kill_9_as_the_old_or_the_new_value(store_factory, rng) -> None:
+    """Reliability plan #18: kill -9 during OffsetCommit: the committed offset is the last
+    acknowledged one or the one in flight, never older, never garbage."""
+    store = store_factory()
+    with WireClient(store.bootstrap) as client:
+        assert client.create_topic("committed", 2) == NONE
+        for p in range(2):
+            assert client.produce("committed", p, build_batch([(b"k", b"v", [])] * 5, timestamp=1))[0] == NONE
+    groups = [f"g{i}" for i in range(3)]
+    state = {g: {"acked": 0, "attempted": 0} for g in groups}
+    for rnd in range(3):
+        stop = threading.Event()
+        errors: list[str] = []
+        threads = [threading.Thread(target=_committer, args=(store.bootstrap, g, stop, state, errors)) for g in groups]
+        start = {g: state[g]["acked"] for g in groups}
+        for t in threads:
+            t.start()
+        try:
+            wait_until(
+                lambda start=start, errors=errors: errors or all(state[g]["acked"] >= start[g] + 20 for g in groups),
+                60,
+                lambda rnd=rnd: f"round {rnd}: commits acknowledged {state}",
+            )
+            time.sleep(rng.uniform(0, 0.1))
+        finally:
+            store.kill()
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert not errors, errors
+        store.start()
+        for g in groups:
+            consumer = KafkaConsumer(bootstrap_servers=store.bootstrap, group_id=g, enable_auto_commit=False)
+            try:
+                for p in range(2):
+                    got = consumer.committed(TopicPartition("committed", p), metadata=True)
+                    acked, attempted = state[g]["acked"], state[g]["attempted"]
+                    assert got is not None, f"round {rnd}: group {g} lost its committed offset for partition {p}"
+                    n = got.offset - p
+                    assert acked <= n <= attempted, (
+                        f"round {rnd}: group {g} partition {p} has committed offset for n={n}, but n={acked} was "
+                        f"acknowledged and n={attempted} was the last attempt"
+                    )
+                    assert got.metadata == f"n={n}", f"round {rnd}: offset and metadata disagree: {got}"
+            finally:
+                consumer.close(autocommit=False)
+            state[g]["acked"] = max(state[g]["acked"], n)
