@@ -101,6 +101,7 @@ def with_overrides(**overrides: str) -> dict[str, tuple[str, int]]:
 # -- confluent-kafka (librdkafka) -------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")  # used on purpose
 def test_confluent_describe_and_alter_topic_configs(broker: Target, topic: str) -> None:
     create_topic(broker.bootstrap, topic)
     client = admin(broker.bootstrap)
