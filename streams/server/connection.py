@@ -43,6 +43,7 @@ class Connections:
 
     def __init__(self, max_buffered_bytes: int) -> None:
         self.open: set[Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.max_buffered = max_buffered_bytes
         self.buffered = 0
         self._starved: list[Connection] = []
@@ -123,6 +124,8 @@ class Connection(asyncio.Protocol):
             return
         self.registry.open.add(self)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name=f"writer {self.peer}")
+        self.registry.tasks.add(self._writer)  # a strong reference until it ends (asyncio keeps only weak ones)
+        self._writer.add_done_callback(self.registry.tasks.discard)
         log.debug("connection from %s", self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -240,10 +243,13 @@ class Connection(asyncio.Protocol):
                 try:
                     await asyncio.shield(head)
                 except asyncio.CancelledError:
-                    if not head.cancelled():
+                    task = asyncio.current_task()
+                    if self._closing or (task is not None and task.cancelling()):
                         raise
                 except Exception:
                     pass  # reported below, in order
+            if self._closing:
+                return
             chunks: list[bytes] = []
             while self._out:
                 item = self._out[0]

@@ -662,13 +662,6 @@ def test_bad_producer_fields_get_an_error_code_not_a_dropped_connection(
     assert not internal, f"the handler raised: {internal} (see {store.log_path})"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client that hangs up while its acks=all Produce waits for the group-commit fsync leaves the "
-    "connection's writer task cancelled but never resumed: asyncio logs 'ERROR asyncio: Task was destroyed "
-    "but it is pending! task: <Task cancelling name=writer ... Connection._write_loop()>' (about 4 in 5 "
-    "such disconnects; also 15-40 times per fuzz run), and the task's finally blocks never run",
-)
 def test_disconnect_while_produce_waits_for_fsync_leaves_no_asyncio_errors(store_factory) -> None:
     store = store_factory()
     with WireClient(store.bootstrap) as client:
