@@ -278,6 +278,9 @@ def encode_response(request: DecodedRequest, response: Any) -> bytes:
     version = request.version
     # ApiVersions responses always use header v0, even for flexible versions (KIP-511).
     flexible_header = request.flexible and request.spec.key != ApiKey.API_VERSIONS
+    # A None in a field that is not nullable in this version would be written as length -1, which
+    # strict clients (the Java client) refuse to parse: catch it here, loudly, as a server bug.
+    _check_nulls(response._struct, response, version, type(response).__name__)
     body = response.encode(version=version)
     return frame(encode_response_header(request.header.correlation_id, flexible_header) + body)
 

@@ -189,7 +189,7 @@ class GroupCoordinator:
                         throttle_time_ms=0,
                         error_code=error,
                         generation_id=generation,
-                        protocol_name=None,
+                        protocol_name="",  # non-nullable before v7
                         leader="",
                         member_id=member_id,
                         members=[],
@@ -342,7 +342,7 @@ class GroupCoordinator:
                 error_code=ErrorCode.NONE,
                 generation_id=group.generation,
                 protocol_type=group.protocol_type,
-                protocol_name=group.protocol_name,
+                protocol_name=group.protocol_name or "",
                 leader=group.leader_id or "",
                 member_id=member.member_id,
                 members=members,
@@ -805,7 +805,13 @@ class GroupCoordinator:
     def _generic_error(self, request: DecodedRequest, error: int) -> list[Part]:
         if request.spec.key == ApiKey.JOIN_GROUP:
             response: Any = JoinGroupResponse(
-                throttle_time_ms=0, error_code=error, generation_id=-1, leader="", member_id="", members=[]
+                throttle_time_ms=0,
+                error_code=error,
+                generation_id=-1,
+                protocol_name="",
+                leader="",
+                member_id="",
+                members=[],
             )
         else:
             response = SyncGroupResponse(throttle_time_ms=0, error_code=error, assignment=b"")

@@ -120,8 +120,9 @@ class Model:
             data = sl.read_bytes()
         first = next(i for i, b in enumerate(self.batches) if b.last >= offset)
         expected = b""
+        bases = {seg.base_offset for seg in self.plog._segments}  # a read never crosses a segment
         for b in self.batches[first:]:
-            if b.last >= self.hw or (expected and len(expected) + len(b.data) > max_bytes):
+            if b.last >= self.hw or (expected and (len(expected) + len(b.data) > max_bytes or b.base in bases)):
                 break
             expected += b.data
         assert data == expected
