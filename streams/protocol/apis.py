@@ -245,6 +245,9 @@ def decode_request(frame_body: bytes | bytearray | memoryview, served: frozenset
 
 
 def _nullable(field: Any, version: int) -> bool:
+    scalar = field.type_str not in ("string", "bytes", "records") and not field.type_str.startswith("[]")
+    if scalar and not getattr(field, "_fields", None):
+        return True  # numbers and bit fields: the codec gives None a meaning of its own
     versions = field._nullable_versions
     return versions is not None and versions[0] <= version <= versions[1]
 
