@@ -486,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     print("Consumer-group benchmark (figures only, nothing is asserted)")
     print(f"topic: {st.messages:,} x {MSG_SIZE} B records in {st.partitions} partitions; {MEMBERS} member processes, "
-          f"confluent-kafka {confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]}), "
+          f"confluent-kafka {confluent_kafka.version()} (librdkafka {confluent_kafka.libversion()[0]}), "
           f"range, commit(sync) per consume() batch")
     print(f"machine: {os.cpu_count()} cores shared by clients and servers; {platform.system()} {platform.release()}; "
           f"python {platform.python_version()}")

@@ -91,10 +91,6 @@ SESSION_TIMEOUT_MS = 6000  # the smallest both brokers accept by default (group.
 
 # Store bugs these tests found (strict xfail on the store's run: fixing the bug makes it XPASS
 # and fail, so the marker goes with the fix).
-NULL_PROTOCOL_NAME = (
-    "JoinGroup v0-6 error replies (MEMBER_ID_REQUIRED, ...) carry protocol_name null where Kafka sends \"\": "
-    "the Java client fails with 'non-nullable field protocolName was serialized as null'"
-)
 STATIC_FENCING = (
     "Heartbeat/SyncGroup/OffsetCommit check the member id before the static instance id: the old incarnation "
     "of a restarted static member gets UNKNOWN_MEMBER_ID (Kafka: FENCED_INSTANCE_ID), an unknown instance id "
@@ -398,10 +394,7 @@ def end_offsets(deliveries: list[Any], partitions: int) -> dict[int, int]:
 # -- one group, four client libraries ------------------------------------------------------------------
 
 
-def test_mixed_client_group_shares_partitions_exactly_once(
-    broker: Target, topic: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    store_bug(request, broker, NULL_PROTOCOL_NAME)
+def test_mixed_client_group_shares_partitions_exactly_once(broker: Target, topic: str, tmp_path: Path) -> None:
     partitions = 8
     create_topic(broker.bootstrap, topic, partitions=partitions)
     group = unique_group("mixed")
@@ -654,10 +647,7 @@ def conns(broker: Target) -> Iterator[Callable[[], Raw]]:
         conn.close()
 
 
-def test_raw_generations_members_and_rebalance_errors(
-    broker: Target, topic: str, conns: Callable[[], Raw], request: pytest.FixtureRequest
-) -> None:
-    store_bug(request, broker, NULL_PROTOCOL_NAME)
+def test_raw_generations_members_and_rebalance_errors(broker: Target, topic: str, conns: Callable[[], Raw]) -> None:
     create_topic(broker.bootstrap, topic, partitions=2)
     g = RawGroup(unique_group("raw"), topic)
     a, side, b = conns(), conns(), conns()
