@@ -17,6 +17,7 @@ from bench._util import MSG_SIZE, ReadyFn
 
 __all__ = [
     "BATCHED",
+    "BATCHED_IDEMPOTENT",
     "LATENCY",
     "SINGLE",
     "create_topics",
@@ -34,9 +35,14 @@ _COMMON: dict[str, Any] = {
     "socket.nagle.disable": True,
 }
 
-# A producer configured for throughput: wait up to 5 ms to fill batches of up to ~1 MB.
+# A producer configured for throughput: wait up to 5 ms to fill batches of up to ~1 MB. Not
+# idempotent by default: librdkafka 2.16's idempotent producer costs the client about 3x the CPU
+# (measured: 131k msg/s at 145% client CPU idempotent, 428k msg/s at 96% without, against the same
+# store), and on this 2-core box the client then starves the broker under test. `--idempotent`
+# (bench/streams.py) measures with it on.
 BATCHED: dict[str, Any] = {
     **_COMMON,
+    "enable.idempotence": False,
     "linger.ms": 5,
     "batch.size": 1_000_000,
     "batch.num.messages": 100_000,
@@ -44,6 +50,7 @@ BATCHED: dict[str, Any] = {
     "queue.buffering.max.messages": 50_000,
     "queue.buffering.max.kbytes": 64 * 1024,
 }
+BATCHED_IDEMPOTENT: dict[str, Any] = {**BATCHED, "enable.idempotence": True}
 
 # One record per Produce request (a client that does not batch); up to 5 requests in flight.
 # Not idempotent: librdkafka 2.16's idempotent producer busy-waits while one-record requests are

@@ -6,7 +6,7 @@ confluent-kafka clients (nats-py for JetStream), one partition, every client in 
 on the same machine as the server (see the machine facts it prints first).
 
 Phases per system, in this order:
-  produce  batching producers (linger.ms=5, ~1 MB batches, idempotent) write ``--messages`` records
+  produce  batching producers (linger.ms=5, ~1 MB batches; idempotent with --idempotent) write ``--messages`` records
   fetch    one catch-up consumer reads that topic from the beginning with assign()
   1-rec    producers that send ONE record per request (linger.ms=0, batch.num.messages=1,
            5 in flight each, not idempotent: see _kafka_clients.SINGLE) for ``--single-seconds``
@@ -95,6 +95,7 @@ class Settings:
     keep: bool
     own_work_dir: bool = True
     phases: tuple[str, ...] = PHASES
+    idempotent: bool = False
 
 
 @dataclass
@@ -140,12 +141,14 @@ def _kafka_phases(res: SystemResult, bootstrap: str, server_pid: int | None, st:
     def produce() -> PhaseResult:
         share = [st.messages // p + (1 if i < st.messages % p else 0) for i in range(p)]
         args = [
-            {"bootstrap": bootstrap, "topic": topics["produce"], "conf": kc.BATCHED, "messages": n, "max_seconds": st.produce_seconds}
+            {"bootstrap": bootstrap, "topic": topics["produce"],
+             "conf": kc.BATCHED_IDEMPOTENT if st.idempotent else kc.BATCHED,
+             "messages": n, "max_seconds": st.produce_seconds}
             for n in share
         ]
         out = aggregate(run_workers(kc.produce, args, f"{res.spec.key} produce", total=st.messages,
                                     timeout=st.produce_seconds + 180, server_pid=server_pid))
-        out.note = f"{p} producer processes; " + out.note
+        out.note = f"{p} producer processes, idempotence {'on' if st.idempotent else 'off'}; " + out.note
         return out
 
     def fetch() -> PhaseResult:
@@ -511,6 +514,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Settings]:
     ap.add_argument("--phases", default=",".join(PHASES),
                     help=f"comma-separated phases (default all): {', '.join(PHASES)}; fetch reads what produce wrote")
     ap.add_argument("--messages", type=int, help="records written by the batching producers (default 1,000,000; quick 50,000)")
+    ap.add_argument("--idempotent", action="store_true",
+                    help="batching producers with enable.idempotence (costs librdkafka ~3x client CPU)")
     ap.add_argument("--quick", action="store_true", help="small counts and short phases: a smoke run of about a minute")
     ap.add_argument("--max-seconds", type=float, help="cap of the batching produce and of the fetch phase (default 30; quick 8)")
     ap.add_argument("--single-seconds", type=float, help="length of the one-record-per-request phase (default 10; quick 3)")
@@ -555,6 +560,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[list[str], Settings]:
         keep=a.keep,
         own_work_dir=a.work_dir is None,
         phases=phases,
+        idempotent=a.idempotent,
     )
     return only, st
 

@@ -252,24 +252,42 @@ def _nullable(field: Any, version: int) -> bool:
     return versions is not None and versions[0] <= version <= versions[1]
 
 
+_Plan = list[tuple[str, str, bool, Any]]
+_plans: dict[tuple[int, int], _Plan] = {}
+
+
+def _plan(struct: Any, version: int) -> _Plan:
+    """(attribute, wire name, nullable, nested struct or None) per field, computed once."""
+    key = (id(struct), version)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = []
+        for field in struct.untagged_fields(version):
+            inner = getattr(field, "array_of", None)
+            if inner is None or not hasattr(inner, "untagged_fields"):
+                inner = field if hasattr(field, "untagged_fields") and field._fields else None
+            plan.append((field.name, field._name, _nullable(field, version), inner))
+        _plans[key] = plan
+    return plan
+
+
 def _check_nulls(struct: Any, obj: Any, version: int, where: str) -> None:
     """Reject a null in a field that is not nullable in this version, as Kafka's parser does.
 
     The generated decoder accepts a -1 length anywhere, so without this a hostile request could
     hand handlers a None where the schema promises a list or a string.
     """
-    for field in struct.untagged_fields(version):
-        value = getattr(obj, field.name, None)
+    for name, wire_name, nullable, inner in _plan(struct, version):
+        value = getattr(obj, name, None)
         if value is None:
-            if not _nullable(field, version):
-                raise MalformedRequest(f"{where}: non-nullable field {field._name} is null")
-            continue
-        inner = getattr(field, "array_of", None)
-        if inner is not None and hasattr(inner, "untagged_fields"):
-            for item in value:
-                _check_nulls(inner, item, version, f"{where}.{field._name}")
-        elif hasattr(field, "untagged_fields") and field._fields:
-            _check_nulls(field, value, version, f"{where}.{field._name}")
+            if not nullable:
+                raise MalformedRequest(f"{where}: non-nullable field {wire_name} is null")
+        elif inner is not None:
+            if isinstance(value, list):
+                for item in value:
+                    _check_nulls(inner, item, version, f"{where}.{wire_name}")
+            else:
+                _check_nulls(inner, value, version, f"{where}.{wire_name}")
 
 
 def frame(parts: bytes) -> bytes:

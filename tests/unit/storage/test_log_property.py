@@ -81,7 +81,9 @@ class Model:
         self.batches.append(Appended(bytes(batch), result.base_offset, result.last_offset, seq))
 
     def retry(self, back: int) -> None:
-        mine = [b for b in self.batches if b.seq is not None][-5:]
+        # Only batches still in the log: like Kafka, the store rebuilds producer state from the
+        # log at open, so a batch deleted (DeleteRecords, retention) before a restart is forgotten.
+        mine = [b for b in self.batches if b.seq is not None and b.last >= self.log_start][-5:]
         if not mine:
             return
         original = mine[-1 - back % len(mine)]
