@@ -158,7 +158,7 @@ SUPPORTED_APIS: dict[int, ApiSpec] = {
         _spec(ApiKey.LEAVE_GROUP, LeaveGroupRequest, LeaveGroupResponse, 0, 3),
         _spec(ApiKey.SYNC_GROUP, SyncGroupRequest, SyncGroupResponse, 0, 3),
         _spec(ApiKey.DESCRIBE_GROUPS, DescribeGroupsRequest, DescribeGroupsResponse, 0, 4),
-        _spec(ApiKey.LIST_GROUPS, ListGroupsRequest, ListGroupsResponse, 0, 2),
+        _spec(ApiKey.LIST_GROUPS, ListGroupsRequest, ListGroupsResponse, 0, 4),
         _spec(ApiKey.DELETE_GROUPS, DeleteGroupsRequest, DeleteGroupsResponse, 0, 1),
         _spec(ApiKey.OFFSET_DELETE, OffsetDeleteRequest, OffsetDeleteResponse, 0, 0),
         # Admin surface.

@@ -303,12 +303,14 @@ class GroupCoordinator:
         )
         group.members[new_id] = member
         group.static[instance_id] = new_id
-        was_leader = group.leader_id == old_id
-        if was_leader:
+        old_leader = group.leader_id
+        if old_leader == old_id:
             group.leader_id = new_id
         log.info("group %r: static member %s replaced %s", group.group_id, new_id, old_id)
-        if group.state is State.STABLE and old.protocols == protocols and not was_leader:
-            return [self._join_response(request, group, member, leader_view=False)]
+        if group.state is State.STABLE and group.select_protocol() == group.protocol_name:
+            # KIP-345: no rebalance. The answer names the leader as it was, so even a restarted
+            # leader acts as a follower and gets its old assignment back from SyncGroup.
+            return [self._join_response(request, group, member, leader_view=False, leader=old_leader)]
         future: asyncio.Future[list[Part]] = asyncio.get_running_loop().create_future()
         member.join_future = future
         member.join_request = request
@@ -324,7 +326,9 @@ class GroupCoordinator:
             member.sync_future.set_result(self._generic_error(member.sync_request, error))
         member.join_future = member.sync_future = None
 
-    def _join_response(self, request: DecodedRequest, group: Group, member: Member, *, leader_view: bool) -> bytes:
+    def _join_response(
+        self, request: DecodedRequest, group: Group, member: Member, *, leader_view: bool, leader: str | None = None
+    ) -> bytes:
         members = []
         if leader_view:
             members = [
@@ -343,7 +347,7 @@ class GroupCoordinator:
                 generation_id=group.generation,
                 protocol_type=group.protocol_type,
                 protocol_name=group.protocol_name or "",
-                leader=group.leader_id or "",
+                leader=(leader if leader is not None else group.leader_id) or "",
                 member_id=member.member_id,
                 members=members,
             ),
@@ -425,12 +429,12 @@ class GroupCoordinator:
             ]
 
         group = self.groups.get(body.group_id)
-        member = group.members.get(body.member_id) if group is not None else None
-        if group is None or member is None:
+        if group is None:
             return reply(ErrorCode.UNKNOWN_MEMBER_ID)
-        fenced = self._fenced(request, group, member)
-        if fenced:
-            return reply(fenced)
+        error = self._check_member(request, group, body.member_id)
+        if error:
+            return reply(error)
+        member = group.members[body.member_id]
         if body.generation_id != group.generation:
             return reply(ErrorCode.ILLEGAL_GENERATION)
         member.last_heartbeat = time.monotonic()
@@ -465,14 +469,14 @@ class GroupCoordinator:
         body = request.body
         error: int = ErrorCode.NONE
         group = self.groups.get(body.group_id)
-        member = group.members.get(body.member_id) if group is not None else None
-        if group is None or member is None:
+        if group is None:
             error = ErrorCode.UNKNOWN_MEMBER_ID
-        elif fenced := self._fenced(request, group, member):
-            error = fenced
+        elif checked := self._check_member(request, group, body.member_id):
+            error = checked
         elif body.generation_id != group.generation:
             error = ErrorCode.ILLEGAL_GENERATION
         else:
+            member = group.members[body.member_id]
             member.last_heartbeat = time.monotonic()
             if group.state is State.PREPARING_REBALANCE:
                 error = ErrorCode.REBALANCE_IN_PROGRESS
@@ -519,11 +523,19 @@ class GroupCoordinator:
             )
         ]
 
-    def _fenced(self, request: DecodedRequest, group: Group, member: Member) -> int:
-        instance_id = getattr(request.body, "group_instance_id", None) if request.version >= 3 else None
-        if instance_id is not None and group.static.get(instance_id) != member.member_id:
-            return FENCED_INSTANCE_ID
-        return 0
+    def _check_member(self, request: DecodedRequest, group: Group, member_id: str) -> int:
+        """Kafka's ``ClassicGroup.validateMember``: a static instance id is checked first, so the
+        old incarnation of a restarted static member is fenced, not told to rejoin."""
+        instance_id = getattr(request.body, "group_instance_id", None)
+        if instance_id is not None:
+            known = group.static.get(instance_id)
+            if known is None:
+                return ErrorCode.UNKNOWN_MEMBER_ID
+            if known != member_id:
+                return FENCED_INSTANCE_ID
+        if member_id not in group.members:
+            return ErrorCode.UNKNOWN_MEMBER_ID
+        return ErrorCode.NONE
 
     def _remove_member(self, group: Group, member: Member) -> None:
         group.members.pop(member.member_id, None)
@@ -618,10 +630,8 @@ class GroupCoordinator:
             pass  # a simple consumer or an admin tool committing for an idle group
         elif group is None:
             error = ErrorCode.ILLEGAL_GENERATION  # a member of a generation this node never saw
-        elif body.member_id not in group.members:
-            error = ErrorCode.UNKNOWN_MEMBER_ID
-        elif (fenced := self._fenced(request, group, group.members[body.member_id])) != 0:
-            error = fenced
+        elif checked := self._check_member(request, group, body.member_id):
+            error = checked
         elif generation != group.generation:
             error = ErrorCode.ILLEGAL_GENERATION
         elif group.state is State.COMPLETING_REBALANCE:
@@ -749,14 +759,20 @@ class GroupCoordinator:
 
     def list_groups(self, request: DecodedRequest) -> Reply:
         names = {g for g, grp in self.groups.items() if grp.state is not State.DEAD} | self.offsets.groups()
+        wanted = (
+            {s.lower() for s in (getattr(request.body, "states_filter", None) or [])} if request.version >= 4 else set()
+        )
         listed = []
         for name in sorted(names):
             group = self.groups.get(name)
+            state = (group.state if group is not None else State.EMPTY).value
+            if wanted and state.lower() not in wanted:
+                continue
             listed.append(
                 ListGroupsResponse.ListedGroup(
                     group_id=name,
                     protocol_type=(group.protocol_type if group is not None else None) or "",
-                    group_state=(group.state if group is not None else State.EMPTY).value,
+                    group_state=state,
                 )
             )
         return [encode_response(request, ListGroupsResponse(throttle_time_ms=0, error_code=0, groups=listed))]

@@ -89,28 +89,6 @@ FENCED_INSTANCE_ID = 82
 SESSION_TIMEOUT_MS = 6000  # the smallest both brokers accept by default (group.min.session.timeout.ms)
 
 
-# Store bugs these tests found (strict xfail on the store's run: fixing the bug makes it XPASS
-# and fail, so the marker goes with the fix).
-STATIC_FENCING = (
-    "Heartbeat/SyncGroup/OffsetCommit check the member id before the static instance id: the old incarnation "
-    "of a restarted static member gets UNKNOWN_MEMBER_ID (Kafka: FENCED_INSTANCE_ID), an unknown instance id "
-    "gets FENCED_INSTANCE_ID (Kafka: UNKNOWN_MEMBER_ID)"
-)
-LIST_GROUPS_NO_STATE = (
-    "the store serves ListGroups v0-2 only (v3 is the first flexible version, v4 adds states): "
-    "librdkafka's list_consumer_groups reports every group's state as UNKNOWN and ignores a states filter"
-)
-STATIC_LEADER_REBALANCES = (
-    "the store rebalances when a static leader rejoins with a new member id "
-    "(groups.py _replace_static_member: `not was_leader`), where Kafka keeps the generation"
-)
-
-
-def store_bug(request: pytest.FixtureRequest, broker: Target, reason: str) -> None:
-    if broker.is_store:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def unique_group(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -742,7 +720,6 @@ def test_raw_static_member_restart_keeps_generation_and_fences_old_id(
     broker: Target, topic: str, conns: Callable[[], Raw], request: pytest.FixtureRequest
 ) -> None:
     """KIP-345: a static follower that comes back with a new member id takes its old place."""
-    store_bug(request, broker, STATIC_FENCING)
     create_topic(broker.bootstrap, topic, partitions=2)
     g = RawGroup(unique_group("static"), topic)
     leader_conn, static_conn, side = conns(), conns(), conns()
@@ -803,7 +780,6 @@ def test_raw_static_leader_restart_does_not_rebalance(
     Kafka returns the current generation with the old leader id (so the restarted leader does not
     compute an assignment a Stable group would never hand out) and no rebalance happens.
     """
-    store_bug(request, broker, STATIC_LEADER_REBALANCES)
     create_topic(broker.bootstrap, topic, partitions=2)
     g = RawGroup(unique_group("static-leader"), topic)
     first, side = conns(), conns()
@@ -1057,7 +1033,6 @@ def test_confluent_list_consumer_groups_reports_states(
     broker: Target, topic: str, request: pytest.FixtureRequest
 ) -> None:
     """librdkafka's list_consumer_groups gets group states from ListGroups v4+ (KIP-518) only."""
-    store_bug(request, broker, LIST_GROUPS_NO_STATE)
     create_topic(broker.bootstrap, topic, partitions=2)
     active, idle = unique_group("list-active"), unique_group("list-idle")
     client = admin(broker.bootstrap)
