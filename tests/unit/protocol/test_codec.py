@@ -176,6 +176,8 @@ def test_mutated_client_frames_never_escape(data: st.DataObject) -> None:
         decoded = decode_request(bytes(frame[:cut]))
     except MalformedRequest:
         return
+    if decoded.spec.key != ApiKey.PRODUCE:  # a mutated header may name another API that decodes
+        return
     for topic in decoded.body.topic_data:
         for part in topic.partition_data:
             if part.records:
