@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     from streams.cli import add_subcommands
 
     add_subcommands(streams_parser)
+    db_parser = sub.add_parser("db", help="create the outbox table, print its SQL, grant roles")
+    from outbox.db_cli import add_db_subcommands
+
+    add_db_subcommands(db_parser)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -97,26 +97,27 @@ def migrate(
     *,
     schema: str = DEFAULT_SCHEMA,
     table: str = DEFAULT_TABLE,
-    buckets: int = DEFAULT_BUCKETS,
+    buckets: int | None = None,
 ) -> list[int]:
     """Apply the migrations the database lacks, in one transaction of their own; return their versions.
 
     Safe to run concurrently (an advisory lock per schema serialises runs) and repeatedly (applied
-    versions are recorded and skipped). ``buckets`` (the number of key buckets relays split) is
-    fixed when the table is created.
+    versions are recorded and skipped). ``buckets``, the number of key buckets relays split, is
+    fixed when the table is created (default 64); later runs use the table's own count, and a
+    different explicit value is an error.
 
     :raises MigrationError: ``conn`` is inside a transaction, an applied migration differs from the
         one this library would apply (e.g. another ``buckets``), or the database is newer than the
         library.
     """
-    _check_buckets(buckets)
+    if buckets is not None:
+        _check_buckets(buckets)
     target = OutboxTable(schema, table)
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise MigrationError(
             "migrate() runs in a transaction of its own, but the connection is inside one: commit or roll "
             "back first (or apply `outbox db sql` inside your own migration)"
         )
-    rendered = _rendered(target, buckets)
     applied_now: list[int] = []
     with conn.transaction(), conn.cursor() as cur:
         # The lock must come after a fresh snapshot can see what a concurrent run committed.
@@ -128,6 +129,13 @@ def migrate(
             sql.SQL("SELECT version, checksum FROM {} ORDER BY version").format(target.placeholders()["migrations"])
         )
         applied = {int(v): str(c) for v, c in cur.fetchall()}
+        if buckets is None:
+            buckets = DEFAULT_BUCKETS
+            if applied:
+                cur.execute(target.query("settings"))
+                row = cur.fetchone()
+                buckets = DEFAULT_BUCKETS if row is None else int(row[0])
+        rendered = _rendered(target, buckets)
         known = {m.version for m, _, _ in rendered}
         newer = sorted(set(applied) - known)
         if newer:
@@ -158,7 +166,7 @@ def _mismatch(cur: psycopg.Cursor[Any], target: OutboxTable, migration: sql_file
     cur.execute(target.query("settings"))
     row = cur.fetchone()
     if row is not None and row[0] != buckets:
-        message += f": the table has {row[0]} key buckets, not {buckets}; pass --buckets {row[0]}"
+        message += f": the table has {row[0]} key buckets, not {buckets} (leave buckets out to keep the table's)"
     else:
         message += ": was it edited by hand, or created by another version of the library?"
     return message
