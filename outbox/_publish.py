@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -13,9 +14,15 @@ from outbox._table import OutboxTable
 from outbox.errors import InvalidEventError, OutboxError, SchemaError, TransactionStateError
 from outbox.events import Event, PreparedEvent, check_event
 
-__all__ = ["Statement", "check_transaction", "prepare", "statements", "translate_error"]
+__all__ = ["Statement", "check_transaction", "prepare", "statement", "target", "translate_error"]
 
 Statement = tuple[bytes, dict[str, Any]]
+
+
+@lru_cache(maxsize=64)
+def target(schema: str, table: str) -> OutboxTable:
+    """The (validated) outbox table of a publish call."""
+    return OutboxTable(schema, table)
 
 
 def prepare(events: Event | Iterable[Event], max_message_bytes: int) -> list[PreparedEvent]:
@@ -27,38 +34,32 @@ def prepare(events: Event | Iterable[Event], max_message_bytes: int) -> list[Pre
     return [check_event(event, max_message_bytes=max_message_bytes) for event in events]
 
 
-def statements(target: OutboxTable, prepared: list[PreparedEvent]) -> list[Statement]:
-    """Lock the keys (sorted, distinct), then insert every event in one statement."""
-    lock_keys = sorted({e.lock_key for e in prepared if e.lock_key is not None})
-    out: list[Statement] = []
-    if len(lock_keys) == 1:
-        out.append((target.query("lock_key"), {"lock_key": lock_keys[0]}))
-    elif lock_keys:
-        out.append((target.query("lock_keys"), {"lock_keys": lock_keys}))
+def statement(target: OutboxTable, prepared: list[PreparedEvent]) -> Statement:
+    """One INSERT that first locks the keys (sorted, distinct), then inserts every event."""
     if len(prepared) == 1:
         e = prepared[0]
-        params: dict[str, Any] = {
+        return target.query("insert_one"), {
+            "lock_key": e.lock_key,
             "event_id": e.event_id,
             "topic": e.topic,
             "key": e.key,
+            "key_hash": e.key_hash,
             "type": e.type,
             "payload": e.payload,
             "headers": e.headers,
             "created_at": e.created_at,
         }
-        out.append((target.query("insert_one"), params))
-    else:
-        params = {
-            "event_ids": [e.event_id for e in prepared],
-            "topics": [e.topic for e in prepared],
-            "keys": [e.key for e in prepared],
-            "types": [e.type for e in prepared],
-            "payloads": [e.payload for e in prepared],
-            "headers": [e.headers for e in prepared],
-            "created_ats": [e.created_at for e in prepared],
-        }
-        out.append((target.query("insert_many"), params))
-    return out
+    return target.query("insert_many"), {
+        "lock_keys": sorted({e.lock_key for e in prepared if e.lock_key is not None}),
+        "event_ids": [e.event_id for e in prepared],
+        "topics": [e.topic for e in prepared],
+        "keys": [e.key for e in prepared],
+        "key_hashes": [e.key_hash for e in prepared],
+        "types": [e.type for e in prepared],
+        "payloads": [e.payload for e in prepared],
+        "headers": [e.headers for e in prepared],
+        "created_ats": [e.created_at for e in prepared],
+    }
 
 
 def check_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:

@@ -232,7 +232,12 @@ class PreparedEvent:
     payload: bytes
     headers: str  # JSON object text, stored as jsonb
     created_at: datetime
-    lock_key: int | None  # advisory lock of (topic, key); None for events without a key
+    key_hash: int  # key_hash(topic, key), or of (topic, str(event_id)) without a key: the bucket's source
+
+    @property
+    def lock_key(self) -> int | None:
+        """The advisory lock of (topic, key); None for an event without a key (nothing to order)."""
+        return None if self.key is None else self.key_hash
 
 
 def check_event(event: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> PreparedEvent:
@@ -274,5 +279,5 @@ def check_event(event: object, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_B
         payload=payload,
         headers=headers,
         created_at=event.created_at,
-        lock_key=None if event.key is None else key_hash(event.topic, event.key),
+        key_hash=key_hash(event.topic, str(event_id) if event.key is None else event.key),
     )

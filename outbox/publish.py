@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from outbox._publish import check_transaction, prepare, statements, translate_error
-from outbox._table import DEFAULT_SCHEMA, DEFAULT_TABLE, OutboxTable
+from outbox._publish import check_transaction, prepare, statement, target, translate_error
+from outbox._table import DEFAULT_SCHEMA, DEFAULT_TABLE
 from outbox.errors import OutboxError
 from outbox.events import DEFAULT_MAX_MESSAGE_BYTES, Event
 
@@ -33,8 +33,8 @@ def publish(
     until it ends. Keys locked by separate calls in one transaction are locked in call order: to
     avoid deadlocks between such transactions, publish a transaction's events in one call.
 
-    All events are validated and serialised before anything is sent, then written in one round trip
-    (the lock statement and one INSERT, pipelined).
+    All events are validated and serialised before anything is sent, then written by one statement
+    (one round trip) that takes the locks and inserts.
 
     :param conn: a psycopg ``Connection`` or ``Cursor`` (the cursor's current result is replaced).
     :param events: one event or an iterable of events (possibly of different topics).
@@ -56,26 +56,18 @@ def publish(
     prepared = prepare(events, max_message_bytes)
     if not prepared:
         return
-    target = OutboxTable(schema, table)
+    outbox_table = target(schema, table)
     check_transaction(connection)
-    todo = statements(target, prepared)
+    query, params = statement(outbox_table, prepared)
     try:
         if cursor is None:
             with connection.cursor() as cur:
-                _run(connection, cur, todo)
+                cur.execute(query, params)
         else:
-            _run(connection, cursor, todo)
+            cursor.execute(query, params)
     except psycopg.Error as exc:
-        translated = translate_error(exc, target)
+        translated = translate_error(exc, outbox_table)
         if translated is None:
             raise
         raise translated from exc
 
-
-def _run(connection: psycopg.Connection[Any], cur: psycopg.Cursor[Any], todo: list[tuple[bytes, dict[str, Any]]]) -> None:
-    if len(todo) == 1:
-        cur.execute(*todo[0])
-        return
-    with connection.pipeline():
-        for query, params in todo:
-            cur.execute(query, params)

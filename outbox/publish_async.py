@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from outbox._publish import check_transaction, prepare, statements, translate_error
-from outbox._table import DEFAULT_SCHEMA, DEFAULT_TABLE, OutboxTable
+from outbox._publish import check_transaction, prepare, statement, target, translate_error
+from outbox._table import DEFAULT_SCHEMA, DEFAULT_TABLE
 from outbox.errors import OutboxError
 from outbox.events import DEFAULT_MAX_MESSAGE_BYTES, Event
 
@@ -39,28 +39,18 @@ async def publish_async(
     prepared = prepare(events, max_message_bytes)
     if not prepared:
         return
-    target = OutboxTable(schema, table)
+    outbox_table = target(schema, table)
     check_transaction(connection)
-    todo = statements(target, prepared)
+    query, params = statement(outbox_table, prepared)
     try:
         if cursor is None:
             async with connection.cursor() as cur:
-                await _run(connection, cur, todo)
+                await cur.execute(query, params)
         else:
-            await _run(connection, cursor, todo)
+            await cursor.execute(query, params)
     except psycopg.Error as exc:
-        translated = translate_error(exc, target)
+        translated = translate_error(exc, outbox_table)
         if translated is None:
             raise
         raise translated from exc
 
-
-async def _run(
-    connection: psycopg.AsyncConnection[Any], cur: psycopg.AsyncCursor[Any], todo: list[tuple[bytes, dict[str, Any]]]
-) -> None:
-    if len(todo) == 1:
-        await cur.execute(*todo[0])
-        return
-    async with connection.pipeline():
-        for query, params in todo:
-            await cur.execute(query, params)

@@ -4,27 +4,31 @@
 -- Names in braces (table, settings) are filled in with quoted identifiers by outbox.sql.render();
 -- %(param)s placeholders are psycopg's.
 
--- name: lock_key
--- The advisory lock of one (topic, key) for the rest of the transaction: concurrent
--- transactions publishing the same key are serialised, so their ids follow commit order.
-SELECT pg_advisory_xact_lock(%(lock_key)s::bigint)
-
--- name: lock_keys
--- The same for several keys, taken in the order given: publish() sorts them (by lock key,
--- duplicates removed), so two batches with overlapping keys cannot deadlock.
-SELECT pg_advisory_xact_lock(k) FROM unnest(%(lock_keys)s::bigint[]) AS k
-
 -- name: insert_one
-INSERT INTO {table} (event_id, topic, key, type, payload, headers, created_at)
-VALUES (%(event_id)s, %(topic)s, %(key)s, %(type)s, %(payload)s, %(headers)s::jsonb, %(created_at)s)
+-- One event, with scalar parameters (psycopg dumps them much faster than arrays). The lock is
+-- taken as in insert_many; pg_advisory_xact_lock(NULL) (an event without key) locks nothing.
+WITH locks AS MATERIALIZED (SELECT count(pg_advisory_xact_lock(%(lock_key)s::bigint)) AS taken)
+INSERT INTO {table} (event_id, topic, key, key_hash, type, payload, headers, created_at)
+SELECT %(event_id)s::uuid, %(topic)s::text, %(key)s::text, %(key_hash)s::bigint, %(type)s::text,
+       %(payload)s::bytea, %(headers)s::jsonb, %(created_at)s::timestamptz
+FROM locks
 
 -- name: insert_many
 -- All events of one publish() call in one statement (one round trip, one trigger call).
-INSERT INTO {table} (event_id, topic, key, type, payload, headers, created_at)
-SELECT * FROM unnest(
-    %(event_ids)s::uuid[], %(topics)s::text[], %(keys)s::text[], %(types)s::text[],
-    %(payloads)s::bytea[], %(headers)s::text[]::jsonb[], %(created_ats)s::timestamptz[]
+-- First the advisory locks of the events' (topic, key)s, in the order given (publish() sorts
+-- them and removes duplicates, so batches with overlapping keys cannot deadlock); they are held
+-- until the transaction ends, so concurrent transactions publishing one key are serialised and
+-- their ids follow commit order. The locks are taken before any id is drawn: the aggregate
+-- must finish before the join yields its first row, and ids are drawn as rows are inserted.
+WITH locks AS MATERIALIZED (
+    SELECT count(pg_advisory_xact_lock(k)) AS taken FROM unnest(%(lock_keys)s::bigint[]) AS k
 )
+INSERT INTO {table} (event_id, topic, key, key_hash, type, payload, headers, created_at)
+SELECT e.event_id, e.topic, e.key, e.key_hash, e.type, e.payload, e.headers, e.created_at
+FROM locks CROSS JOIN unnest(
+    %(event_ids)s::uuid[], %(topics)s::text[], %(keys)s::text[], %(key_hashes)s::bigint[],
+    %(types)s::text[], %(payloads)s::bytea[], %(headers)s::text[]::jsonb[], %(created_ats)s::timestamptz[]
+) AS e(event_id, topic, key, key_hash, type, payload, headers, created_at)
 
 -- name: settings
 -- For the relay: bucket count, NOTIFY channel, doorbell lock.
@@ -35,7 +39,7 @@ SELECT buckets, channel, doorbell_lock FROM {settings}
 -- a bucket has one owner at a time (the relay's session advisory lock), and within a (topic,
 -- key) a committed row never has an uncommitted row with a smaller id (publish's lock), so
 -- reading committed rows in id order keeps per-key commit order.
-SELECT id, event_id, topic, key, type, payload, headers::text AS headers, created_at, bucket
+SELECT id, event_id, topic, key, type, payload, headers::text AS headers, created_at, bucket, key_hash
 FROM {table}
 WHERE bucket = ANY(%(buckets)s::integer[])
 ORDER BY id
