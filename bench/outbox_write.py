@@ -37,8 +37,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from outbox import Event, migrate, publish  # noqa: E402
-from outbox._table import OutboxTable  # noqa: E402
+from outbox import Event, migrate, publish
+from outbox._table import OutboxTable
 
 SCHEMA = "bench"
 PAYLOAD = {
