@@ -201,7 +201,10 @@ def _payload_json(payload: object, event_id: object) -> bytes:
             event_id=event_id,
         ) from exc
     except ValueError as exc:  # NaN/Infinity, circular references, pydantic serialisation errors
-        raise InvalidEventError(f"payload is not JSON-serialisable: {exc}", event_id=event_id) from exc
+        reason = str(exc)
+        if "Out of range float" in reason:
+            reason = "it contains NaN or Infinity, which JSON cannot represent (use None or a string)"
+        raise InvalidEventError(f"payload is not JSON-serialisable: {reason}", event_id=event_id) from exc
     except (TypeError, RecursionError) as exc:
         raise InvalidEventError(f"payload is not JSON-serialisable: {exc}", event_id=event_id) from exc
 
