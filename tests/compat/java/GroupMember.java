@@ -60,6 +60,7 @@ public class GroupMember {
         cp.put("auto.offset.reset", "earliest");
         cp.put("session.timeout.ms", "6000");
         cp.put("heartbeat.interval.ms", "500");
+        cp.put("max.poll.interval.ms", "20000");
         cp.put("key.deserializer", StringDeserializer.class.getName());
         cp.put("value.deserializer", StringDeserializer.class.getName());
         int received = 0;
