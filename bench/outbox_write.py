@@ -15,25 +15,39 @@ loop (``synchronous_commit=on``, fsync on). Variants:
                          ``--linger-ms`` when idle, then arms the doorbell and sleeps until NOTIFY;
                          also prints how many notifications it received and its commit-to-claim lag
 
+Two engines drive the writers:
+
+* ``pgbench``: pgbench clients send exactly the SQL ``publish()`` sends (its ``insert_one`` query,
+  lock CTE included, with a random key hash); the client costs almost nothing, so the figures
+  show what the database pays (as in performance.md 3.2);
+* ``python``: one process per writer running the real ``publish()`` (pydantic event, validation,
+  serialisation, psycopg); on a 2-CPU box the Python clients compete with the server for CPU.
+
 Each cell is the median of ``--rounds`` runs of ``--seconds`` (CHECKPOINT and TRUNCATE before each).
 A throw-away PostgreSQL cluster is started unless ``--database-url`` is given.
 
-    python bench/outbox_write.py [--writers 4 16] [--seconds 4] [--rounds 3] [--quick]
+    python bench/outbox_write.py [--engine pgbench python] [--writers 4 16] [--seconds 4] [--rounds 3] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -81,7 +95,7 @@ def setup(dsn: str) -> None:
 
 
 def writer(dsn: str, variant: str, go: Any, deadline_box: Any, results: Any, seed: int) -> None:
-    body = psycopg.types.json.Jsonb(PAYLOAD)
+    body = Jsonb(PAYLOAD)
     table = TABLE_OF.get(variant)
     n = 0
     with psycopg.connect(dsn) as conn, psycopg.connect(dsn, autocommit=True) as side:
@@ -159,7 +173,53 @@ def sleeping_relay(dsn: str, stop: Any, ready: Any, channel: str, lock: int) -> 
                 pass
 
 
-def run_once(dsn: str, variant: str, writers: int, seconds: float, linger_ms: float) -> tuple[float, str]:
+def pgbench_script(variant: str) -> str:
+    body = json.dumps(PAYLOAD).replace("'", "''")
+    lines = [
+        r"\set kh random(-4611686018427387903, 4611686018427387903)",
+        "BEGIN;",
+        f"INSERT INTO {SCHEMA}.orders (body) VALUES ('{body}');",
+    ]
+    table = TABLE_OF.get(variant)
+    if table is not None:
+        insert = OutboxTable(SCHEMA, table).query("insert_one").decode()
+        values = {
+            "lock_key": ":kh",
+            "event_id": "gen_random_uuid()",
+            "topic": "'orders'",
+            "key": "'order-' || :kh",
+            "key_hash": ":kh",
+            "type": "'order.placed'",
+            "payload": "'\\x" + json.dumps(PAYLOAD).encode().hex() + "'",
+            "headers": "'{}'",
+            "created_at": "now()",
+        }
+        insert = re.sub(r"%\((\w+)\)s", lambda m: values[m.group(1)], insert)
+        lines.append(" ".join(insert.split()) + ";")
+    lines.append("COMMIT;")
+    if variant == "notify-post":
+        lines.append("SELECT set_config('synchronous_commit', 'off', true), pg_notify('bench.post', '');")
+    return "\n".join(lines) + "\n"
+
+
+def pgbench_tps(dsn: str, variant: str, writers: int, seconds: float) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(pgbench_script(variant))
+    try:
+        out = subprocess.run(
+            [shutil.which("pgbench") or "pgbench", "-n", "-M", "prepared", "-c", str(writers), "-j", "2",
+             "-T", str(max(1, round(seconds))), "-f", f.name, dsn],
+            capture_output=True, text=True, check=False,
+        )
+    finally:
+        os.unlink(f.name)
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+    if out.returncode != 0 or match is None:
+        raise RuntimeError(f"pgbench failed: {out.stdout}\n{out.stderr}")
+    return float(match.group(1))
+
+
+def run_once(dsn: str, variant: str, writers: int, seconds: float, linger_ms: float, engine: str = "python") -> tuple[float, str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"TRUNCATE {SCHEMA}.orders, {SCHEMA}.events, {SCHEMA}.plain_outbox, {SCHEMA}.notify_outbox")
         conn.execute("CHECKPOINT")
@@ -179,6 +239,17 @@ def run_once(dsn: str, variant: str, writers: int, seconds: float, linger_ms: fl
         ready.set()
     for h in helpers:
         h.start()
+    if engine == "pgbench":
+        ready.wait(30)
+        tps = pgbench_tps(dsn, variant, writers, seconds)
+        stop.set()
+        extra = ""
+        if variant == "doorbell-relay":
+            notifies, claimed, lag = relay_results.get(timeout=30)
+            extra = f"relay woke by NOTIFY {notifies}x, claimed {claimed}, median claim lag {lag * 1000:.1f} ms"
+        for h in helpers:
+            h.join(10)
+        return tps, extra
     procs = [ctx.Process(target=writer, args=(dsn, variant, go, deadline, results, i)) for i in range(writers)]
     for p in procs:
         p.start()
@@ -199,6 +270,31 @@ def run_once(dsn: str, variant: str, writers: int, seconds: float, linger_ms: fl
     return total / seconds, extra
 
 
+def report(dsn: str, engine: str, args: argparse.Namespace) -> None:
+    table: dict[tuple[str, int], list[float]] = {}
+    notes: dict[tuple[str, int], str] = {}
+    for round_no in range(args.rounds):
+        for writers in args.writers:
+            for variant in args.variants:
+                tps, extra = run_once(dsn, variant, writers, args.seconds, args.linger_ms, engine)
+                table.setdefault((variant, writers), []).append(tps)
+                if extra:
+                    notes[(variant, writers)] = extra
+                print(f"  {engine} round {round_no + 1}: {variant:15s} {writers:2d} writers {tps:9.0f} TPS {extra}", file=sys.stderr)
+    print(f"\n{engine}: TPS (median of {args.rounds}) and change against plain")
+    print("variant".ljust(16) + "".join(f"{w:>10d} writers      " for w in args.writers))
+    for variant in args.variants:
+        line = variant.ljust(16)
+        for writers in args.writers:
+            med = statistics.median(table[(variant, writers)])
+            base = statistics.median(table[("plain", writers)]) if ("plain", writers) in table else med
+            line += f"{med:13.0f} {100 * (med / base - 1):+7.1f}%  "
+        print(line)
+    for (variant, writers), note in sorted(notes.items()):
+        print(f"  {variant} @ {writers} writers (last round): {note}")
+    sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default=os.environ.get("OUTBOX_BENCH_DATABASE_URL"))
@@ -207,6 +303,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--linger-ms", type=float, default=20.0)
     parser.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    parser.add_argument("--engine", nargs="+", default=["pgbench", "python"], choices=["pgbench", "python"])
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
     args = parser.parse_args()
     if args.quick:
@@ -224,27 +321,8 @@ def main() -> int:
         with psycopg.connect(dsn) as conn:
             version = conn.execute("SHOW server_version").fetchone()
         print(f"PostgreSQL {version[0] if version else '?'}, {os.cpu_count()} CPUs, {args.seconds:g} s x {args.rounds} rounds")
-        table: dict[tuple[str, int], list[float]] = {}
-        notes: dict[tuple[str, int], str] = {}
-        for round_no in range(args.rounds):
-            for writers in args.writers:
-                for variant in args.variants:
-                    tps, extra = run_once(dsn, variant, writers, args.seconds, args.linger_ms)
-                    table.setdefault((variant, writers), []).append(tps)
-                    if extra:
-                        notes[(variant, writers)] = extra
-                    print(f"  round {round_no + 1}: {variant:15s} {writers:2d} writers {tps:9.0f} TPS {extra}", file=sys.stderr)
-        header = "variant".ljust(16) + "".join(f"{w:>10d} wr  vs plain" for w in args.writers)
-        print(header)
-        for variant in args.variants:
-            line = variant.ljust(16)
-            for writers in args.writers:
-                med = statistics.median(table[(variant, writers)])
-                base = statistics.median(table[("plain", writers)]) if ("plain", writers) in table else med
-                line += f"{med:13.0f} {100 * (med / base - 1):+7.1f}%"
-            print(line)
-        for (variant, writers), note in sorted(notes.items()):
-            print(f"{variant} @ {writers} writers (last round): {note}")
+        for engine in args.engine:
+            report(dsn, engine, args)
     finally:
         if server is not None:
             server.cleanup()

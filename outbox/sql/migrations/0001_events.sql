@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     -- the advisory lock makes id order equal commit order.
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id uuid NOT NULL,
-    topic text NOT NULL CHECK (topic ~ '^[a-zA-Z0-9._-]{{1,249}}$' AND topic NOT IN ('.', '..')),
+    -- A Kafka topic name; publish() checks it (a regex CHECK here cost ~10% of the write path).
+    topic text NOT NULL,
     key text,
     -- key_hash(topic, key), or key_hash(topic, event_id::text) for an event without a key:
     -- computed by the writer (publish() does it in Python; SQL writers call the function above)
