@@ -19,6 +19,7 @@ Timeouts below only keep a broken run from hanging; nothing asserts on time.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import signal
@@ -26,7 +27,6 @@ import socket
 import struct
 import subprocess
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -68,6 +68,7 @@ from kafka.protocol.metadata import FindCoordinatorRequest, FindCoordinatorRespo
 from tests.compat._util import TIMEOUT, admin, create_topic, produce_all, producer
 from tests.compat.conftest import Target
 from tests.support.kafka import CONSUMER_GROUP_COMMAND, run_java_source, run_kafka_tool
+from tests.support.waiting import wait_until as _wait_until
 
 JAVA_DIR = Path(__file__).parent / "java"
 KCAT = shutil.which("kcat") or "/usr/bin/kcat"
@@ -98,17 +99,7 @@ def unique_group(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def wait_until(predicate: Callable[[], Any], what: Callable[[], str] | str, timeout: float = 2 * TIMEOUT) -> Any:
-    """Poll until ``predicate()`` is truthy and return it; fail (saying what was awaited) after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
-        time.sleep(0.2)
-
+wait_until = functools.partial(_wait_until, timeout=2 * TIMEOUT, interval=0.2)
 
 # -- what members saw ----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ timeout; nothing asserts on time, the timeouts only keep a broken run from hangi
 from __future__ import annotations
 
 import bisect
+import functools
 import os
 import signal
 import subprocess
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from confluent_kafka.admin import AdminClient
 from tests.conftest import StoreFactory
 from tests.support._proc import REPO_ROOT, popen
 from tests.support.store import StoreProcess
+from tests.support.waiting import wait_until as _wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -78,16 +80,7 @@ def committed(client: AdminClient, group: str, topic: str, partitions: int) -> d
     return {tp.partition: tp.offset for tp in result.topic_partitions}
 
 
-def wait_until(predicate: Callable[[], Any], what: Callable[[], str] | str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
-        time.sleep(0.1)
-
+wait_until = functools.partial(_wait_until, timeout=TIMEOUT)
 
 class OffsetWatcher:
     """Polls the group's committed offsets in the background; each partition's must never go back."""

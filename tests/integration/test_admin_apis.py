@@ -39,6 +39,7 @@ from tests.conftest import StoreFactory
 from tests.e2e._wire import WireClient, build_batch, decode_records
 from tests.support.kafka import KafkaBroker
 from tests.support.store import StoreProcess
+from tests.support.waiting import wait_until as _wait_until
 
 T = TypeVar("T")
 
@@ -233,17 +234,7 @@ def new_topic(client: Admin, partitions: int = 1, configs: dict[str, str] | None
     return name
 
 
-def wait_until(predicate: Callable[[], T], what: str, timeout: float = 20.0) -> T:
-    """Poll until truthy and return it; fail after ``timeout`` s (a hang guard, not a timing assert)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
+wait_until = functools.partial(_wait_until, timeout=20.0, interval=0.05)
 
 def source_value(configs: dict[str, Any]) -> dict[str, tuple[str, int]]:
     return {k: (c.value, c.config_source) for k, c in configs.items()}
