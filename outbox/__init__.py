@@ -12,6 +12,7 @@ The event is in the outbox table if and only if that transaction commits; the re
 the stream store (or Kafka). Create the table with ``outbox db migrate`` (or :func:`migrate`).
 """
 
+from outbox import doorbell
 from outbox._hashing import key_hash
 from outbox.errors import InvalidEventError, MigrationError, OutboxError, SchemaError, TransactionStateError
 from outbox.events import DEFAULT_MAX_MESSAGE_BYTES, RESERVED_HEADERS, Event, check_event
@@ -30,6 +31,7 @@ __all__ = [
     "SchemaError",
     "TransactionStateError",
     "check_event",
+    "doorbell",
     "grant",
     "key_hash",
     "migrate",

@@ -10,8 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox import Event, publish, read_settings
+from outbox import Event, doorbell, publish, read_settings
 from outbox._table import OutboxTable
+from outbox.doorbell import try_arm
 
 TARGET = OutboxTable()
 
@@ -27,13 +28,11 @@ def relay(outbox_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 def arm(relay: psycopg.Connection[Any]) -> bool:
-    row = relay.execute(TARGET.query("arm_doorbell"), {"doorbell_lock": TARGET.doorbell_lock}).fetchone()
-    assert row is not None
-    return bool(row[0])
+    return try_arm(relay, TARGET.doorbell_lock)
 
 
 def disarm(relay: psycopg.Connection[Any]) -> None:
-    relay.execute(TARGET.query("disarm_doorbell"), {"doorbell_lock": TARGET.doorbell_lock})
+    doorbell.disarm(relay, TARGET.doorbell_lock)
 
 
 def rings(relay: psycopg.Connection[Any], timeout: float = 0.5) -> list[str]:
