@@ -20,7 +20,6 @@ from kafka.protocol.consumer.offsets import ListOffsetsResponse
 from kafka.protocol.metadata.api_versions import ApiVersionsResponse
 from kafka.protocol.metadata.find_coordinator import FindCoordinatorResponse
 from kafka.protocol.metadata.metadata import MetadataResponse
-from kafka.protocol.producer.produce import ProduceResponse
 from kafka.protocol.producer.transaction import InitProducerIdResponse
 
 from streams import storage
@@ -51,7 +50,6 @@ _INT32 = struct.Struct(">i")
 _INT64 = struct.Struct(">q")
 _PARTITION = struct.Struct(">ihqq")  # index, error, base offset, log append time  # a compressed batch may expand this far for validation
 
-_PartitionResponse = ProduceResponse.TopicProduceResponse.PartitionProduceResponse
 _ListOffsetsPartition = ListOffsetsResponse.ListOffsetsTopicResponse.ListOffsetsPartitionResponse
 _MetaTopic = MetadataResponse.MetadataResponseTopic
 _MetaPartition = MetadataResponse.MetadataResponseTopic.MetadataResponsePartition
