@@ -590,7 +590,7 @@ class GroupCoordinator:
                     for m in laggards:
                         self._remove_member(group, m)
                     self._after_departure(group, "members did not sync in time")
-            if group.state is State.EMPTY and not group.pending and group.group_id not in self.offsets.groups():
+            if group.state is State.EMPTY and not group.pending and not self.offsets.has_group(group.group_id):
                 del self.groups[group.group_id]
 
     def expire_offsets(self, now_ms: int) -> list[str]:
@@ -721,7 +721,7 @@ class GroupCoordinator:
         for group_id in request.body.groups:
             group = self.groups.get(group_id)
             if group is None:
-                state = State.EMPTY.value if group_id in self.offsets.groups() else State.DEAD.value
+                state = State.EMPTY.value if self.offsets.has_group(group_id) else State.DEAD.value
                 out.append(
                     DescribeGroupsResponse.DescribedGroup(
                         error_code=ErrorCode.NONE,
@@ -784,12 +784,12 @@ class GroupCoordinator:
             group = self.groups.get(group_id)
             if group is not None and not group.is_empty():
                 error = ErrorCode.NON_EMPTY_GROUP
-            elif group is None and group_id not in self.offsets.groups():
+            elif group is None and not self.offsets.has_group(group_id):
                 error = ErrorCode.GROUP_ID_NOT_FOUND
             else:
                 error = ErrorCode.NONE
                 self.groups.pop(group_id, None)
-                if group_id in self.offsets.groups():
+                if self.offsets.has_group(group_id):
                     seqs.append(self.offsets.delete_group(group_id))
                 log.info("deleted group %r", group_id)
             results.append(DeleteGroupsResponse.DeletableGroupResult(group_id=group_id, error_code=error))

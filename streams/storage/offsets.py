@@ -588,6 +588,10 @@ class OffsetStore:
 
     # -- reads -------------------------------------------------------------------------------------
 
+    def has_group(self, group: str) -> bool:
+        """Whether ``group`` has any committed offset (cheap: no copy, unlike :meth:`groups`)."""
+        return group in self._groups
+
     def fetch(self, group: str) -> dict[tuple[str, int], CommittedOffset]:
         """Every committed offset of ``group`` by (topic, partition); empty for an unknown group."""
         return dict(self._groups.get(group, ()))
