@@ -142,10 +142,14 @@ class Flusher:
                 return
             self.syncs += len(tickets)
         self.rounds += 1
-        for plog, ticket in tickets:
-            plog.finish_sync(ticket)
-        for plog in logs:
-            self._release(plog)
+        try:
+            for plog, ticket in tickets:
+                plog.finish_sync(ticket)
+            for plog in logs:
+                self._release(plog)
+        except Exception as exc:
+            # Never leave the flusher dead with acknowledgements owed: stop the store instead.
+            self._fail(exc)
 
     def _release(self, plog: Any) -> None:
         watch = self._watches.get(id(plog))
