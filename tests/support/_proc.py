@@ -21,10 +21,12 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 __all__ = [
     "REPO_ROOT",
+    "ManagedServer",
     "free_port",
     "kill_on_parent_death",
     "log_tail",
@@ -40,6 +42,31 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _PR_SET_PDEATHSIG = 1
+
+
+class ManagedServer:
+    """``with Server() as s:`` for the test servers: start on enter, clean up on exit.
+
+    ``__exit__`` does not run when ``__enter__`` fails, so a failed start cleans up here.
+    """
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def cleanup(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

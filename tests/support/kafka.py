@@ -26,11 +26,10 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from kafka import KafkaAdminClient
 
-from tests.support._proc import free_port, log_tail, popen, register_for_cleanup, run, terminate
+from tests.support._proc import ManagedServer, free_port, log_tail, popen, register_for_cleanup, run, terminate
 
 __all__ = [
     "CONSOLE_CONSUMER",
@@ -375,7 +374,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-class KafkaBroker:
+class KafkaBroker(ManagedServer):
     """A single-node KRaft Apache Kafka (broker and controller in one JVM) on loopback.
 
     ``auto_create_topics`` sets ``auto.create.topics.enable``; ``server_properties`` adds or
@@ -595,18 +594,6 @@ class KafkaBroker:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
             self.port = 0
-
-    def __enter__(self) -> KafkaBroker:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()  # __exit__ does not run when __enter__ fails
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return f"<KafkaBroker {self.version} port={self.port} running={self.is_running()}>"

@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,7 +31,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tests.support._proc import free_port, log_tail, popen, register_for_cleanup, run, terminate
+from tests.support._proc import ManagedServer, free_port, log_tail, popen, register_for_cleanup, run, terminate
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -117,7 +116,7 @@ def _unprivileged_user() -> pwd.struct_passwd:
     raise PostgresError("running as root, but there is neither a 'postgres' nor a 'nobody' user to run as")
 
 
-class PostgresServer:
+class PostgresServer(ManagedServer):
     """A PostgreSQL server for one test session.
 
     ``PostgresServer()`` uses ``OUTBOX_TEST_DATABASE_URL`` when it is set (``managed`` is then
@@ -397,18 +396,6 @@ class PostgresServer:
         """Drop database ``name``, disconnecting any sessions still in it."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    def __enter__(self) -> PostgresServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()  # __exit__ does not run when __enter__ fails
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         where = "external" if not self.managed else f"port={self.port}"

@@ -17,9 +17,8 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from tests.support._proc import REPO_ROOT, free_port, log_tail, popen, register_for_cleanup, terminate
+from tests.support._proc import REPO_ROOT, ManagedServer, free_port, log_tail, popen, register_for_cleanup, terminate
 
 __all__ = ["StoreError", "StoreProcess", "free_port"]
 
@@ -30,7 +29,7 @@ class StoreError(RuntimeError):
     """The store did not start or stop as expected; the message carries its log."""
 
 
-class StoreProcess:
+class StoreProcess(ManagedServer):
     """One ``python -m streams serve`` process.
 
     ``data_dir`` is created if missing. The ready file and the log (appended across restarts)
@@ -213,18 +212,6 @@ class StoreProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-    def __enter__(self) -> StoreProcess:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()  # __exit__ does not run when __enter__ fails
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return f"<StoreProcess {self.host}:{self.port} data={self.data_dir} running={self.is_running()}>"
