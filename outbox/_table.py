@@ -41,7 +41,7 @@ def _check_name(what: str, name: object) -> str:
 @dataclass(frozen=True)
 class OutboxTable:
     """An outbox table: ``schema.table`` plus its companions ``<table>_settings``,
-    ``<table>_migrations``, ``<table>_key_hash()``, ``<table>_doorbell()``.
+    ``<table>_migrations``, ``<table>_relays``, ``<table>_key_hash()``, ``<table>_doorbell()``.
 
     Names are used verbatim (quoted), so ``OutboxTable("My Schema", "Events")`` is fine.
     """
@@ -83,6 +83,7 @@ class OutboxTable:
             "table": sql.Identifier(s, t),
             "settings": sql.Identifier(s, f"{t}_settings"),
             "migrations": sql.Identifier(s, f"{t}_migrations"),
+            "relays": sql.Identifier(s, f"{t}_relays"),
             "key_hash": sql.Identifier(s, f"{t}_key_hash"),
             "doorbell": sql.Identifier(s, f"{t}_doorbell"),
             "doorbell_trigger": sql.Identifier(f"{t}_doorbell"),

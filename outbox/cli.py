@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     from outbox.db_cli import add_db_subcommands
 
     add_db_subcommands(db_parser)
+    from relay.cli import add_relay_command, add_status_command
+
+    add_relay_command(sub)
+    add_status_command(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

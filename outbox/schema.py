@@ -203,6 +203,7 @@ _GRANTS_RELAY = [
     "GRANT USAGE ON SCHEMA {schema} TO {role}",
     "GRANT SELECT, DELETE ON {table} TO {role}",
     "GRANT SELECT ON {settings} TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON {relays} TO {role}",
     "GRANT EXECUTE ON FUNCTION {key_hash}(text, text) TO {role}",
 ]
 
@@ -218,7 +219,8 @@ def grant(
     """Give existing roles the least privilege they need (run as the owner of the outbox objects).
 
     * ``app_role`` may only INSERT events (``publish``); it cannot read, change or delete them.
-    * ``relay_role`` may SELECT and DELETE events and read the settings; it cannot insert or update.
+    * ``relay_role`` may SELECT and DELETE events, read the settings and keep its row of the
+      ``<table>_relays`` status board; it cannot insert or update events.
 
     The doorbell (``pg_notify``, advisory locks) needs no grant. Runs in its own transaction (or a
     savepoint of the caller's).

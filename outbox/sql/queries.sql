@@ -38,8 +38,10 @@ SELECT buckets, channel, doorbell_lock FROM {settings}
 -- For the relay: the oldest committed events of the buckets it owns, in id order. No row locks:
 -- a bucket has one owner at a time (the relay's session advisory lock), and within a (topic,
 -- key) a committed row never has an uncommitted row with a smaller id (publish's lock), so
--- reading committed rows in id order keeps per-key commit order.
-SELECT id, event_id, topic, key, type, payload, headers::text AS headers, created_at, bucket, key_hash
+-- reading committed rows in id order keeps per-key commit order. Columns are shaped for the
+-- producer (text ids, epoch milliseconds) so that no Python object is built per value twice.
+SELECT id, event_id::text, topic, key, type, payload, headers::text,
+       (extract(epoch FROM created_at) * 1000)::bigint AS timestamp_ms, bucket
 FROM {table}
 WHERE bucket = ANY(%(buckets)s::integer[])
 ORDER BY id
@@ -62,3 +64,48 @@ SELECT pg_advisory_unlock(%(doorbell_lock)s::bigint)
 -- name: backlog
 -- For `outbox status`: events waiting and the age of the oldest.
 SELECT count(*) AS events, min(created_at) AS oldest FROM {table}
+
+-- name: backlog_by_bucket
+-- For `outbox status`: events waiting and the oldest, per key bucket that has any.
+SELECT bucket, count(*) AS events, min(created_at) AS oldest FROM {table} GROUP BY bucket ORDER BY bucket
+
+-- name: lock_holders
+-- For relays and `outbox status`: the relay advisory locks of this outbox (two-int form, first int
+-- = the outbox's lock namespace): second int >= 0 is a key bucket, < 0 a relay membership slot.
+-- pg_locks shows both ints as oids; callers convert back.
+SELECT l.objid::bigint AS objid, l.pid
+FROM pg_locks l
+WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = %(namespace_oid)s::bigint::oid
+
+-- name: try_lock_buckets
+-- For the relay: take the free buckets it asked for; returns the ones it got.
+SELECT b FROM unnest(%(buckets)s::integer[]) AS b WHERE pg_try_advisory_lock(%(namespace)s::integer, b)
+
+-- name: unlock_buckets
+-- For the relay: give buckets back (after their last batch was deleted).
+SELECT count(*) FILTER (WHERE pg_advisory_unlock(%(namespace)s::integer, b)) FROM unnest(%(buckets)s::integer[]) AS b
+
+-- name: try_lock_member
+-- For the relay: a membership slot; the number of held slots is the number of live relays.
+SELECT pg_try_advisory_lock(%(namespace)s::integer, %(slot_key)s::integer)
+
+-- name: relay_heartbeat
+-- For the relay, about once a second: its row on the status board.
+INSERT INTO {relays} (name, backend_pid, host, started_at, heartbeat_at, last_publish_at, published, buckets)
+VALUES (%(name)s, pg_backend_pid(), %(host)s, %(started_at)s, now(), %(last_publish_at)s, %(published)s, %(buckets)s)
+ON CONFLICT (name) DO UPDATE SET
+    backend_pid = excluded.backend_pid, host = excluded.host, started_at = excluded.started_at,
+    heartbeat_at = excluded.heartbeat_at, last_publish_at = excluded.last_publish_at,
+    published = excluded.published, buckets = excluded.buckets
+
+-- name: relay_leave
+-- For the relay at a clean shutdown.
+DELETE FROM {relays} WHERE name = %(name)s
+
+-- name: relays
+-- For `outbox status`.
+SELECT r.name, r.backend_pid, r.host, r.started_at, r.heartbeat_at, r.last_publish_at, r.published, r.buckets,
+       now() - r.heartbeat_at AS heartbeat_age
+FROM {relays} r ORDER BY r.name
