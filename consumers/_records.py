@@ -1,0 +1,219 @@
+"""Records as handlers see them: decoding the relay's format, record identity, handler dispatch."""
+
+from __future__ import annotations
+
+import builtins
+import inspect
+import json
+import typing
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+
+from consumers.errors import ConsumerError, HandlerError
+from outbox.events import RESERVED_HEADERS, Event
+
+__all__ = [
+    "IDENTITY_NAMESPACE",
+    "ConsumedEvent",
+    "HandlerSpec",
+    "decode_record",
+    "identity_id",
+]
+
+#: Namespace of the UUIDs that stand for records without a UUID ``event-id`` header:
+#: ``uuid5(IDENTITY_NAMESPACE, "topic/partition/offset")`` (or of the header's text).
+IDENTITY_NAMESPACE = uuid.UUID("6f0d3c1e-8a57-4c1b-9d2e-0b7a5e4f3c21")
+
+
+def identity_id(topic: str, partition: int, offset: int) -> uuid.UUID:
+    """The id of a record that carries no ``event-id`` header: its position in the log."""
+    return uuid.uuid5(IDENTITY_NAMESPACE, f"{topic}/{partition}/{offset}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedEvent:
+    """One record, as a handler receives it.
+
+    ``id`` and ``type`` come from the relay's ``event-id`` and ``event-type`` headers. A record from
+    another producer has no ``event-id``: its ``id`` is derived from its position
+    (:func:`identity_id`) and ``has_event_id`` is False; its ``type`` is the ``event-type`` header or
+    None. ``payload`` is the record value parsed as JSON (None for a null value); a value that is not
+    JSON is left as ``bytes`` unless the record says ``content-type: application/json``, in which
+    case handing it to a handler fails (a failed attempt). ``headers`` are the record's headers
+    without the relay's three, decoded as UTF-8.
+    """
+
+    id: uuid.UUID
+    key: str | None
+    type: str | None
+    payload: Any
+    headers: Mapping[str, str]
+    topic: str
+    partition: int
+    offset: int
+    timestamp: datetime
+    has_event_id: bool = True
+    value: bytes | None = field(default=None, repr=False)
+    raw_headers: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    key_bytes: bytes | None = field(default=None, repr=False)
+    problem: str | None = field(default=None, repr=False)
+
+    def as_event(self, model: builtins.type[Event]) -> Event:
+        """Validate this record into ``model`` (an :class:`outbox.Event` subclass).
+
+        :raises HandlerError: the record is not a valid ``model`` (counts as a failed attempt).
+        """
+        if self.problem is not None:
+            raise HandlerError(self.problem)
+        data = {
+            "id": self.id,
+            "topic": self.topic,
+            "key": self.key,
+            "type": self.type,
+            "payload": self.payload,
+            "headers": dict(self.headers),
+            "created_at": self.timestamp,
+        }
+        try:
+            return model.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise HandlerError(
+                f"record {self.topic}/{self.partition}@{self.offset} is not a valid {model.__name__}: {exc}"
+            ) from exc
+
+
+def _text(raw: bytes | None, what: str) -> tuple[str | None, str | None]:
+    if raw is None:
+        return None, None
+    try:
+        return raw.decode(), None
+    except UnicodeDecodeError:
+        return None, f"{what} is not valid UTF-8"
+
+
+def decode_record(
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes | None]] | None,
+) -> ConsumedEvent:
+    """Decode one record; never raises (problems are kept and raised when a handler needs the event)."""
+    problems: list[str] = []
+    plain: dict[str, str] = {}
+    event_id_text: str | None = None
+    event_type: str | None = None
+    content_type: str | None = None
+    raw_headers: list[tuple[str, bytes]] = []
+    for name, raw in headers or ():
+        raw_bytes = raw if raw is not None else b""
+        raw_headers.append((name, raw_bytes))
+        text, problem = _text(raw_bytes, f"header {name!r}")
+        if problem:
+            problems.append(problem)
+            continue
+        lowered = name.lower()
+        if lowered == "event-id":
+            event_id_text = text
+        elif lowered == "event-type":
+            event_type = text
+        elif lowered == "content-type":
+            content_type = text
+        elif lowered not in RESERVED_HEADERS:
+            plain[name] = text or ""
+    if event_id_text is None:
+        has_id = False
+        event_id = identity_id(topic, partition, offset)
+    else:
+        has_id = True
+        try:
+            event_id = uuid.UUID(event_id_text)
+        except ValueError:
+            event_id = uuid.uuid5(IDENTITY_NAMESPACE, event_id_text)
+    key_text, problem = _text(key, "record key")
+    if problem:
+        problems.append(problem)
+    payload: Any = None
+    if value is not None:
+        try:
+            payload = json.loads(value)
+        except ValueError as exc:
+            if content_type is not None and content_type.split(";")[0].strip() == "application/json":
+                problems.append(f"record value is not the JSON its content-type promises: {exc}")
+            payload = value
+    return ConsumedEvent(
+        id=event_id,
+        key=key_text,
+        type=event_type,
+        payload=payload,
+        headers=plain,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, tz=UTC),
+        has_event_id=has_id,
+        value=value,
+        raw_headers=tuple(raw_headers),
+        key_bytes=key,
+        problem=(f"record {topic}/{partition}@{offset}: " + "; ".join(problems)) if problems else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """A registered handler and how to call it."""
+
+    func: Callable[..., Any]
+    model: type[Event] | None
+    is_async: bool
+
+    def argument(self, event: ConsumedEvent) -> Any:
+        """What the handler gets as its first argument (validated model or the event itself)."""
+        if self.model is not None:
+            return event.as_event(self.model)
+        if event.problem is not None:
+            raise HandlerError(event.problem)
+        return event
+
+
+def handler_spec(func: Callable[..., Any], *, want_async: bool) -> HandlerSpec:
+    """Inspect a handler: its first parameter's annotation may name an ``outbox.Event`` subclass."""
+    if not callable(func):
+        raise ConsumerError(f"a handler must be callable, got {type(func).__name__}")
+    is_async = inspect.iscoroutinefunction(func)
+    if want_async and not is_async:
+        raise ConsumerError(
+            f"AsyncConsumer handlers must be `async def` functions; {getattr(func, '__name__', func)!r} is not "
+            "(use Consumer for plain functions)"
+        )
+    if not want_async and is_async:
+        raise ConsumerError(
+            f"{getattr(func, '__name__', func)!r} is an `async def` function: use AsyncConsumer for async "
+            "handlers, or make it a plain function"
+        )
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise ConsumerError(f"cannot inspect handler {func!r}: {exc}") from exc
+    if len(params) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in params):
+        raise ConsumerError(
+            f"handler {getattr(func, '__name__', func)!r} must take two arguments, (event, conn): the event and "
+            "the database connection inside the open transaction"
+        )
+    model: type[Event] | None = None
+    if params:
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception:  # unresolvable forward references: treat as unannotated
+            hints = {}
+        hint = hints.get(params[0].name)
+        if isinstance(hint, type) and issubclass(hint, Event):
+            model = hint
+    return HandlerSpec(func=func, model=model, is_async=is_async)
