@@ -176,7 +176,7 @@ class KafkaPythonPublisher:
             "max_request_size": 16_777_216,
             "buffer_memory": 256 * 1024 * 1024,
             "delivery_timeout_ms": int(delivery_timeout * 1000),
-            "request_timeout_ms": min(30_000, int(delivery_timeout * 1000)),
+            "request_timeout_ms": max(1, min(30_000, int(delivery_timeout * 1000) - 2)),  # delivery > linger + request
         }
         for key, value in options.items():
             conf[key.replace(".", "_")] = _coerce(value)
