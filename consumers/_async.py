@@ -326,7 +326,7 @@ class AsyncConsumer(ConsumerBase):
         s = self._settings
         q = self._q
         where = {"group": s.group, "topic": state.tp.topic, "partition": state.tp.partition}
-        ids = [e.id for e in events if e.has_event_id]
+        ids = [e.id for e in events]
         failure = state.failure
         out = _Outcome(next_offset=events[-1].offset + 1, processed=0, duplicates=0, skipped=0)
         pipeline: contextlib.AbstractAsyncContextManager[Any] = (
@@ -341,7 +341,7 @@ class AsyncConsumer(ConsumerBase):
             applied = []
             failed_exc: BaseException | None = None
             for index, event in enumerate(events):
-                if event.has_event_id and event.id in done:
+                if event.id in done:
                     out.duplicates += 1
                     continue
                 if failure is not None and event.offset == failure.offset and failure.attempts >= s.max_attempts:
@@ -364,9 +364,8 @@ class AsyncConsumer(ConsumerBase):
                     await spec.func(spec.argument(event), conn)
                 self._metrics.observe_handler(time.perf_counter() - started)
                 out.processed += 1
-                if event.has_event_id:
-                    done.add(event.id)
-                    applied.append(event.id)
+                done.add(event.id)
+                applied.append(event.id)
             if out.failed_at is not None:
                 out.next_offset = events[out.failed_at].offset
             cur = await conn.execute(
@@ -379,7 +378,7 @@ class AsyncConsumer(ConsumerBase):
                 out.error = error_text(failed_exc)
                 cur = await conn.execute(
                     q["record_failure"],
-                    {**where, "offset": event.offset, "event_id": event.id if event.has_event_id else None,
+                    {**where, "offset": event.offset, "event_id": event.id,
                      "error": out.error},
                 )  # fmt: skip
                 attempts = await cur.fetchone()

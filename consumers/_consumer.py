@@ -361,7 +361,7 @@ class Consumer(ConsumerBase):
         s = self._settings
         q = self._q
         where = {"group": s.group, "topic": state.tp.topic, "partition": state.tp.partition}
-        ids = [e.id for e in events if e.has_event_id]
+        ids = [e.id for e in events]
         failure = state.failure
         out = _Outcome(next_offset=events[-1].offset + 1, processed=0, duplicates=0, skipped=0)
         pipeline = contextlib.nullcontext() if careful else conn.pipeline()
@@ -373,7 +373,7 @@ class Consumer(ConsumerBase):
             applied = []
             failed_exc: BaseException | None = None
             for index, event in enumerate(events):
-                if event.has_event_id and event.id in done:
+                if event.id in done:
                     out.duplicates += 1
                     continue
                 if failure is not None and event.offset == failure.offset and failure.attempts >= s.max_attempts:
@@ -396,9 +396,8 @@ class Consumer(ConsumerBase):
                     spec.func(spec.argument(event), conn)
                 self._metrics.observe_handler(time.perf_counter() - started)
                 out.processed += 1
-                if event.has_event_id:
-                    done.add(event.id)
-                    applied.append(event.id)
+                done.add(event.id)
+                applied.append(event.id)
             if out.failed_at is not None:
                 out.next_offset = events[out.failed_at].offset
             moved = conn.execute(
@@ -411,7 +410,7 @@ class Consumer(ConsumerBase):
                 out.error = error_text(failed_exc)
                 attempts = conn.execute(
                     q["record_failure"],
-                    {**where, "offset": event.offset, "event_id": event.id if event.has_event_id else None,
+                    {**where, "offset": event.offset, "event_id": event.id,
                      "error": out.error},
                 ).fetchone()  # fmt: skip
                 out.attempts = int(attempts[0]) if attempts else 1
