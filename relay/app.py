@@ -28,7 +28,7 @@ from outbox.errors import SchemaError
 from outbox.schema import OutboxSettings, read_settings
 from relay.claimer import ClaimedRow, claim, deletable, delete, to_record
 from relay.config import RelayConfig
-from relay.errors import RelayError
+from relay.errors import PublishError, RelayError
 from relay.leadership import LockHolders, lock_namespace, member_slot_key, plan_rebalance
 from relay.listener import Listener
 from relay.metrics import RelayMetrics
@@ -236,7 +236,11 @@ class Relay:
         try:
             if claim(s.conn, self.table, sorted(self.owned), 1):
                 return
-            woke = listener.wait(timeout)
+            deadline = time.monotonic() + timeout
+            woke = False
+            # In slices, so that stop() is noticed within a quarter of a second.
+            while not woke and not self.stopping and (left := deadline - time.monotonic()) > 0:
+                woke = listener.wait(min(left, 0.25))
             self.metrics.wakeups.labels("notify" if woke else "poll").inc()
         finally:
             listener.disarm()
@@ -259,7 +263,14 @@ class Relay:
     def _round(self, s: _Session, rows: Sequence[ClaimedRow]) -> None:
         m = self.metrics
         records = [to_record(r) for r in rows]
-        publisher = self._producer()
+        try:
+            publisher = self._producer()
+        except PublishError as exc:
+            self._failures += 1
+            backoff = min(self.config.retry_backoff * 2 ** (self._failures - 1), self.config.retry_backoff_max)
+            log.warning("%s; retrying in %.1f s", exc, backoff)
+            self._stop.wait(backoff)
+            return
         started = time.perf_counter()
         result = publisher.publish(records, should_stop=self._abandon)
         m.publish_seconds.observe(time.perf_counter() - started)

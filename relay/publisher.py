@@ -35,6 +35,17 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class _KnownConfigWarnings(logging.Filter):
+    """librdkafka warns that enable.gapless.guarantee is experimental on every start; we chose it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "enable.gapless.guarantee is experimental" not in record.getMessage()
+
+
+_librdkafka_log = logging.getLogger("relay.librdkafka")
+_librdkafka_log.addFilter(_KnownConfigWarnings())
+
+
 @dataclass(frozen=True, slots=True)
 class OutgoingRecord:
     topic: str
@@ -97,7 +108,7 @@ class ConfluentPublisher:
             "queue.buffering.max.kbytes": 2_097_151,
             "message.max.bytes": 16_777_216,
             "error_cb": self._on_error,
-            "logger": logging.getLogger("relay.librdkafka"),
+            "logger": _librdkafka_log,
         }
         conf.update(options)
         try:
@@ -174,7 +185,6 @@ class KafkaPythonPublisher:
             "linger_ms": 2,
             "batch_size": 1_000_000,
             "max_request_size": 16_777_216,
-            "buffer_memory": 256 * 1024 * 1024,
             "delivery_timeout_ms": int(delivery_timeout * 1000),
             "request_timeout_ms": max(1, min(30_000, int(delivery_timeout * 1000) - 2)),  # delivery > linger + request
         }
@@ -182,7 +192,11 @@ class KafkaPythonPublisher:
             conf[key.replace(".", "_")] = _coerce(value)
         try:
             self._producer = kafka.KafkaProducer(**conf)
-        except (kafka.errors.KafkaError, ValueError, TypeError, AssertionError) as exc:
+        except (ValueError, TypeError, AssertionError, kafka.errors.KafkaConfigurationError) as exc:
+            raise ConfigError(
+                f"cannot create the kafka-python producer: {exc} (check --producer-option values)"
+            ) from exc
+        except kafka.errors.KafkaError as exc:
             raise PublishError(f"cannot create the kafka-python producer: {exc} (is the broker reachable?)") from exc
         self._broken = False
 
