@@ -208,12 +208,20 @@ def handler_spec(func: Callable[..., Any], *, want_async: bool) -> HandlerSpec:
             "the database connection inside the open transaction"
         )
     model: type[Event] | None = None
-    if params:
+    if params and params[0].annotation is not inspect.Parameter.empty:
+        first = params[0]
         try:
-            hints = typing.get_type_hints(func)
-        except Exception:  # unresolvable forward references: treat as unannotated
-            hints = {}
-        hint = hints.get(params[0].name)
+            hint = typing.get_type_hints(func).get(first.name)
+        except Exception as exc:
+            text = first.annotation if isinstance(first.annotation, str) else ""
+            if text.split(".")[-1] in ("ConsumedEvent", "Any", "object"):
+                hint = None  # e.g. imported under TYPE_CHECKING: no model wanted
+            else:
+                raise ConsumerError(
+                    f"cannot resolve the annotation {first.annotation!r} of the first parameter of handler "
+                    f"{getattr(func, '__name__', func)!r} ({exc}): define the event model at module level so it "
+                    "can be validated into"
+                ) from exc
         if isinstance(hint, type) and issubclass(hint, Event):
             model = hint
     return HandlerSpec(func=func, model=model, is_async=is_async)

@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     from outbox.db_cli import add_db_subcommands
 
     add_db_subcommands(db_parser)
+    dlq_parser = sub.add_parser("dlq", help="show dead letters of consumers and replay them")
+    from consumers.cli import add_dlq_subcommands
+
+    add_dlq_subcommands(dlq_parser)
     from relay.cli import add_relay_command, add_status_command
 
     add_relay_command(sub)

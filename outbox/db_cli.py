@@ -53,6 +53,15 @@ def _url_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _only_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        choices=("outbox", "consumers"),
+        help="only the outbox table, or only the consumer SDK's tables (consumer_offsets, consumer_processed, "
+        "consumer_failures, in --schema); default: both",
+    )
+
+
 def add_db_subcommands(parser: argparse.ArgumentParser) -> None:
     """Add ``migrate``, ``sql`` and ``grant`` under ``parser`` (the ``db`` command)."""
     sub = parser.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
@@ -64,6 +73,7 @@ def add_db_subcommands(parser: argparse.ArgumentParser) -> None:
     )
     _url_arg(p)
     _table_args(p, buckets=True)
+    _only_arg(p)
     p.set_defaults(func=_migrate)
 
     p = sub.add_parser(
@@ -72,6 +82,7 @@ def add_db_subcommands(parser: argparse.ArgumentParser) -> None:
         description="Print the outbox migrations as one script; apply it in one transaction (psql -1 -f).",
     )
     _table_args(p, buckets=True)
+    _only_arg(p)
     p.set_defaults(func=_sql)
 
     p = sub.add_parser(
@@ -93,23 +104,40 @@ def _fail(message: str) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from consumers import ConsumerError
+    from consumers.schema import migrate as migrate_consumers
+
+    done: list[tuple[str, list[int]]] = []
     try:
         with psycopg.connect(args.database_url) as conn:
-            applied = migrate(conn, schema=args.schema, table=args.table, buckets=args.buckets)
-    except (OutboxError, psycopg.Error) as exc:
+            if args.only != "consumers":
+                applied = migrate(conn, schema=args.schema, table=args.table, buckets=args.buckets)
+                done.append((f"{args.schema}.{args.table}", applied))
+            if args.only != "outbox":
+                done.append((f"{args.schema} consumer tables", migrate_consumers(conn, schema=args.schema)))
+    except (OutboxError, ConsumerError, psycopg.Error) as exc:
         return _fail(str(exc))
-    if applied:
-        sys.stdout.write(f"{args.schema}.{args.table}: applied migration(s) {', '.join(f'{v:04d}' for v in applied)}\n")
-    else:
-        sys.stdout.write(f"{args.schema}.{args.table}: up to date\n")
+    for what, applied in done:
+        if applied:
+            sys.stdout.write(f"{what}: applied migration(s) {', '.join(f'{v:04d}' for v in applied)}\n")
+        else:
+            sys.stdout.write(f"{what}: up to date\n")
     return 0
 
 
 def _sql(args: argparse.Namespace) -> int:
+    from consumers import ConsumerError
+    from consumers.schema import sql_text as consumers_sql_text
+
     try:
-        buckets = DEFAULT_BUCKETS if args.buckets is None else args.buckets
-        sys.stdout.write(sql_text(schema=args.schema, table=args.table, buckets=buckets))
-    except OutboxError as exc:
+        parts = []
+        if args.only != "consumers":
+            buckets = DEFAULT_BUCKETS if args.buckets is None else args.buckets
+            parts.append(sql_text(schema=args.schema, table=args.table, buckets=buckets))
+        if args.only != "outbox":
+            parts.append(consumers_sql_text(schema=args.schema))
+        sys.stdout.write("\n".join(parts))
+    except (OutboxError, ConsumerError) as exc:
         return _fail(str(exc))
     return 0
 

@@ -10,7 +10,7 @@ from outbox.cli import main
 
 
 def test_db_sql_prints_the_migrations(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["db", "sql", "--schema", "s p", "--table", "t", "--buckets", "8"]) == 0
+    assert main(["db", "sql", "--only", "outbox", "--schema", "s p", "--table", "t", "--buckets", "8"]) == 0
     out = capsys.readouterr().out
     assert out == sql_text(schema="s p", table="t", buckets=8)
     assert 'CREATE TABLE IF NOT EXISTS "s p"."t" (' in out
@@ -22,9 +22,9 @@ def test_db_migrate_reads_the_url_from_the_environment(
 ) -> None:
     monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
     monkeypatch.setenv("OUTBOX_SCHEMA", "app_outbox")
-    assert main(["db", "migrate"]) == 0
+    assert main(["db", "migrate", "--only", "outbox"]) == 0
     assert capsys.readouterr().out == "app_outbox.events: applied migration(s) 0001, 0002\n"
-    assert main(["db", "migrate", "--table", "events"]) == 0
+    assert main(["db", "migrate", "--only", "outbox", "--table", "events"]) == 0
     assert capsys.readouterr().out == "app_outbox.events: up to date\n"
     assert main(["db", "migrate", "--buckets", "3"]) == 1
     assert "has 64 key buckets, not 3" in capsys.readouterr().err
