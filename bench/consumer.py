@@ -1,0 +1,210 @@
+"""Consumer SDK throughput and latency: exactly-once bookkeeping against the same handler without it.
+
+One consumer process (this one), a handler that inserts one row, 1 KiB events in the relay's record
+format on the built-in store (``--fsync always``), PostgreSQL with ``synchronous_commit=on``:
+
+* ``exactly-once``   ``consumers.Consumer``: per batch of a partition one transaction with the dedupe
+                     lookup, the handlers (pipelined), the processed ids and the offset compare-and-set;
+* ``at-least-once``  a plain ``KafkaConsumer`` loop running the same handler per record, one
+                     transaction per polled batch (same pipelining), broker offsets committed after it;
+* ``latency``        events produced at a paced ``--rate`` per second while the exactly-once consumer
+                     runs: time from the record's creation (its timestamp) to the commit of the
+                     transaction that applied it (p50/p99). The relay is not in this path (it is
+                     measured by the relay's own bench); add its commit-to-publish lag for end to end.
+
+Prints figures; asserts nothing about time. A throw-away PostgreSQL cluster and store are started.
+
+    python bench/consumer.py [--events 20000] [--partitions 4] [--rate 500] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+
+from consumers import ConsumedEvent, Consumer  # noqa: E402
+from consumers._core import PartitionState  # noqa: E402
+from outbox import Event  # noqa: E402
+from tests.integration.consumers._support import create_topic, relay_record  # noqa: E402
+
+TABLE = "CREATE TABLE IF NOT EXISTS sink (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_id uuid, k text, n int)"
+INSERT = "INSERT INTO sink (event_id, k, n) VALUES (%s, %s, %s)"
+
+
+def events(topic: str, count: int, pad: int) -> list[Event]:
+    filler = "x" * pad
+    return [
+        Event(topic=topic, key=f"key-{i % 1000}", type="bench.event", payload={"n": i, "pad": filler})
+        for i in range(count)
+    ]
+
+
+def produce(bootstrap: str, topic: str, evs: list[Event]) -> None:
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024)
+    for e in evs:
+        p.send(topic, **relay_record(e))
+    p.flush()
+    p.close()
+
+
+def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int) -> float:
+    c = Consumer(group=f"eo-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
+                 heartbeat_interval_ms=1000)  # fmt: skip
+
+    @c.handler("bench.event")
+    def handle(event: ConsumedEvent, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(INSERT, (event.id, event.key, event.payload["n"]))
+
+    thread = threading.Thread(target=c.run)
+    thread.start()
+    while c.metrics().processed == 0:
+        time.sleep(0.005)
+    started = time.perf_counter()
+    first = c.metrics().processed
+    while c.metrics().processed < count:
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    c.stop()
+    thread.join()
+    return (count - first) / elapsed
+
+
+def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int) -> float:
+    kc = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"alo-{topic}", enable_auto_commit=False,
+                       auto_offset_reset="earliest", max_poll_records=500)  # fmt: skip
+    done = 0
+    started = 0.0
+    first = 0
+    with psycopg.connect(dsn) as conn:
+        while done < count:
+            batches = kc.poll(timeout_ms=500)
+            for records in batches.values():
+                with conn.pipeline(), conn.transaction():
+                    for r in records:
+                        from consumers._records import decode_record
+
+                        e = decode_record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, r.headers)
+                        conn.execute(INSERT, (e.id, e.key, e.payload["n"]))
+                done += len(records)
+                if not started:
+                    started, first = time.perf_counter(), done
+            if batches:
+                kc.commit()
+    elapsed = time.perf_counter() - started
+    kc.close()
+    return (count - first) / elapsed
+
+
+def run_latency(bootstrap: str, dsn: str, topic: str, rate: int, seconds: float, pad: int) -> list[float]:
+    latencies: list[float] = []
+    pending: list[float] = []
+
+    class Timed(Consumer):
+        def _after_commit(self, state: PartitionState, next_offset: int) -> None:
+            super()._after_commit(state, next_offset)
+            now = time.time()
+            latencies.extend(now - created for created in pending)
+            pending.clear()
+
+    c = Timed(group=f"lat-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
+              start_from="latest", heartbeat_interval_ms=1000)  # fmt: skip
+
+    @c.handler("bench.event")
+    def handle(event: ConsumedEvent, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(INSERT, (event.id, event.key, event.payload["n"]))
+        pending.append(event.payload["t"])
+
+    thread = threading.Thread(target=c.run)
+    thread.start()
+    while not c.metrics().lag:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    filler = "x" * pad
+    total = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(total):
+        target = t0 + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        e = Event(topic=topic, key=f"key-{i % 100}", type="bench.event", payload={"n": i, "t": time.time(), "pad": filler})
+        p.send(topic, **relay_record(e))
+    p.flush()
+    p.close()
+    deadline = time.monotonic() + 30
+    while c.metrics().processed < total and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.stop()
+    thread.join()
+    return latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    from tests.support.postgres import PostgresServer
+    from tests.support.store import StoreProcess
+
+    pg = PostgresServer(use_env=False)
+    store = StoreProcess(None)
+    try:
+        pg.start()
+        store.start()
+        dsn = pg.create_database("bench_consumer")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(TABLE)
+        sample = events("t", 1, 0)[0]
+        pad = max(1024 - len(sample.payload_json()) - 14, 0)
+        print(f"1 KiB events: value {len(events('t', 1, pad)[0].payload_json())} bytes, {args.partitions} partitions")
+        eo, alo = [], []
+        for r in range(args.rounds):
+            topic = f"bench-{uuid.uuid4().hex[:8]}"
+            create_topic(store.bootstrap, topic, args.partitions)
+            produce(store.bootstrap, topic, events(topic, args.events, pad))
+            eo.append(run_exactly_once(store.bootstrap, dsn, topic, args.events))
+            alo.append(run_at_least_once(store.bootstrap, dsn, topic, args.events))
+            print(f"round {r + 1}: exactly-once {eo[-1]:,.0f} events/s, at-least-once {alo[-1]:,.0f} events/s")
+        m_eo, m_alo = statistics.median(eo), statistics.median(alo)
+        print(f"exactly-once   {m_eo:>10,.0f} events/s (median of {args.rounds})")
+        print(f"at-least-once  {m_alo:>10,.0f} events/s (median of {args.rounds})")
+        print(f"bookkeeping costs {100 * (1 - m_eo / m_alo):.1f}% of the at-least-once figure")
+        topic = f"lat-{uuid.uuid4().hex[:8]}"
+        create_topic(store.bootstrap, topic, args.partitions)
+        lat = run_latency(store.bootstrap, dsn, topic, args.rate, args.seconds, pad)
+        if lat:
+            print(
+                f"latency at {args.rate}/s, record created -> handler's transaction committed: "
+                f"p50 {pct(lat, 0.5) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms "
+                f"({len(lat)} events)"
+            )
+    finally:
+        store.cleanup()
+        pg.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
