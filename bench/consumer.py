@@ -30,13 +30,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+import psycopg
+from kafka import KafkaConsumer, KafkaProducer
 
-from consumers import ConsumedEvent, Consumer  # noqa: E402
-from consumers._core import PartitionState  # noqa: E402
-from outbox import Event  # noqa: E402
-from tests.integration.consumers._support import create_topic, relay_record  # noqa: E402
+from consumers import ConsumedEvent, Consumer
+from consumers._core import PartitionState
+from outbox import Event
+from tests.integration.consumers._support import create_topic, relay_record
 
 TABLE = "CREATE TABLE IF NOT EXISTS sink (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_id uuid, k text, n int)"
 INSERT = "INSERT INTO sink (event_id, k, n) VALUES (%s, %s, %s)"
