@@ -112,7 +112,7 @@ def test_concurrent_migrations_threads_and_processes(database_url: str) -> None:
     env = {**os.environ, "OUTBOX_DATABASE_URL": database_url}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "outbox.cli", "db", "migrate"],
+            [sys.executable, "-m", "outbox.cli", "db", "migrate", "--only", "outbox"],
             cwd=REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
