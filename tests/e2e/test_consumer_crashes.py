@@ -141,7 +141,9 @@ def test_kill_9_members_at_random_points_every_effect_exactly_once_in_key_order(
                     m.start()
             return len(effects(database_url)) >= len(events)
 
-        wait_until(all_applied, lambda: f"{len(effects(database_url))} of {len(events)} effects", timeout=120, interval=0.5)
+        wait_until(
+            all_applied, lambda: f"{len(effects(database_url))} of {len(events)} effects", timeout=120, interval=0.5
+        )
         time.sleep(1.0)  # a duplicate effect, if any, would land now
     finally:
         feeder.join()
