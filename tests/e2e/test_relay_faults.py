@@ -128,7 +128,7 @@ def test_relay_kill9_repeatedly_loses_nothing_and_keeps_key_order(
     writers = Writers(database_url, topic, KEYS, seed=rng.randrange(1 << 30)).start()
     try:
         writers.wait_committed(200)
-        _crash_loop(relay, rng, kills=5, alternate_producers=True)
+        _crash_loop(relay, rng, kills=4, alternate_producers=True)
     finally:
         writers.stop()
     wait_drained(database_url, 60, "after the last restart")
@@ -177,6 +177,30 @@ def test_store_outage_keeps_unacknowledged_rows_and_delivers_everything(
     wait_drained(database_url, 60, "after the store came back")
     check_delivery(store4.bootstrap, topic, database_url, writers)
     assert "not acknowledged" in relay.log_text(), "the relay never reported (and retried) a failed round"
+
+
+def test_store_crash_and_quick_restart_within_the_delivery_timeout(
+    database_url: str, store4: StoreProcess, relays: RelayFactory, rng: random.Random
+) -> None:
+    """kill -9 of the store, back within a second: the producer's own retries (idempotent, across a
+    store that lost its in-memory producer state) must neither lose nor reorder anything."""
+    topic = _topic()
+    prepare_database(database_url, KEYS)
+    relay = relays(database_url, store4.bootstrap).start()  # default delivery timeout (30 s)
+    writers = Writers(database_url, topic, KEYS, seed=rng.randrange(1 << 30)).start()
+    try:
+        writers.wait_committed(150)
+        for _ in range(3):
+            time.sleep(rng.uniform(0.3, 1.0))
+            store4.kill()
+            time.sleep(rng.uniform(0.0, 0.5))
+            store4.start()
+        writers.wait_committed(writers.committed + 100)
+    finally:
+        writers.stop()
+    wait_drained(database_url, 60, "after the store crashes")
+    check_delivery(store4.bootstrap, topic, database_url, writers)
+    assert relay.is_running()
 
 
 # -- 3. G2: PostgreSQL restarts (fast, then immediate: crash recovery) under a running relay -------
@@ -334,6 +358,15 @@ def test_lost_doorbell_fallback_poll_and_scan_on_start(
         wait_drained(database_url, 5, "an event published without a doorbell")
     relay.stop()
     writers.backlog(5)  # no relay runs; nothing will ring
+    status = subprocess.run(
+        [sys.executable, "-m", "outbox.cli", "status", "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert status.returncode == 3, f"outbox status should exit 3 (events, no owner):\n{status.stdout}{status.stderr}"
     relay.start()
     wait_drained(database_url, 10, "events published while no relay ran")
     delivery = check_delivery(store4.bootstrap, topic, database_url, writers)
