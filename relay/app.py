@@ -17,7 +17,9 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +34,7 @@ from relay.errors import PublishError, RelayError
 from relay.leadership import LockHolders, lock_namespace, member_slot_key, plan_rebalance
 from relay.listener import Listener
 from relay.metrics import RelayMetrics
-from relay.publisher import Publisher, make_publisher
+from relay.publisher import Pending, Publisher, make_publisher
 
 __all__ = ["Relay"]
 
@@ -41,6 +43,14 @@ log = logging.getLogger(__name__)
 # How long a SIGTERM lets the batch in hand finish before its unacknowledged rows are abandoned
 # (kept in the table for the next relay; a record that was sent may then appear twice).
 SHUTDOWN_GRACE = 10.0
+
+
+@dataclass
+class _Batch:
+    rows: list[ClaimedRow]
+    publisher: Publisher
+    pending: Pending
+    sent_at: float
 
 
 class _Session:
@@ -186,35 +196,53 @@ class Relay:
         c = self.config
         next_rebalance = next_heartbeat = next_backlog = 0.0
         last_work = time.monotonic()
-        while not self.stopping:
-            now = time.monotonic()
-            if now >= next_rebalance:
-                self._rebalance(s)
-                next_rebalance = now + c.rebalance_interval
-            if now >= next_heartbeat:
-                self._heartbeat(s)
-                next_heartbeat = now + c.heartbeat_interval
-            if now >= next_backlog:
-                self._measure_backlog(s)
-                next_backlog = now + c.backlog_interval
-            if not self.owned:
-                # A standby: nothing to publish until a bucket frees up.
-                self._stop.wait(max(0.0, next_rebalance - time.monotonic()))
-                continue
-            rows = self._claim(s)
-            if rows:
-                self._round(s, rows)
-                last_work = time.monotonic()
-                continue
-            if time.monotonic() - last_work < c.linger:
-                self._stop.wait(c.linger_step)
-                continue
-            self._sleep(s, until=min(next_rebalance, next_heartbeat))
-            last_work = time.monotonic() - c.linger  # after a sleep, go straight back to sleep if idle
+        inflight: deque[_Batch] = deque()
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    self._heartbeat(s)
+                    next_heartbeat = now + c.heartbeat_interval
+                if now >= next_backlog:
+                    self._measure_backlog(s)
+                    next_backlog = now + c.backlog_interval
+                rebalance_due = now >= next_rebalance
+                if rebalance_due and not inflight:
+                    # Only between batches: a bucket is given back once its rows in flight are settled.
+                    self._rebalance(s)
+                    next_rebalance = now + c.rebalance_interval
+                    rebalance_due = False
+                if not self.owned and not inflight:
+                    # A standby: nothing to publish until a bucket frees up.
+                    self._stop.wait(max(0.0, next_rebalance - time.monotonic()))
+                    continue
+                if len(inflight) < c.pipeline_depth and not rebalance_due and self.owned:
+                    exclude = [row.id for batch in inflight for row in batch.rows]
+                    rows = self._claim(s, exclude)
+                    if rows:
+                        batch = self._send(rows)
+                        if batch is not None:
+                            inflight.append(batch)
+                            last_work = time.monotonic()
+                        if len(inflight) < c.pipeline_depth and len(rows) == c.batch_size:
+                            continue  # more waiting: fill the pipeline first
+                if inflight:
+                    self._settle(s, inflight)
+                    last_work = time.monotonic()
+                    continue
+                if time.monotonic() - last_work < c.linger:
+                    self._stop.wait(c.linger_step)
+                    continue
+                self._sleep(s, until=min(next_rebalance, next_heartbeat))
+                last_work = time.monotonic() - c.linger  # after a sleep, go straight back to sleep if idle
+        finally:
+            if inflight and self.stopping and not s.conn.closed:
+                # Shutdown: give the batches in hand SHUTDOWN_GRACE to be acknowledged, delete those.
+                self._settle(s, inflight, everything=True)
 
-    def _claim(self, s: _Session) -> list[ClaimedRow]:
+    def _claim(self, s: _Session, exclude: Sequence[int] = ()) -> list[ClaimedRow]:
         started = time.perf_counter()
-        rows = claim(s.conn, self.table, sorted(self.owned), self.config.batch_size)
+        rows = claim(s.conn, self.table, sorted(self.owned), self.config.batch_size, exclude)
         self.metrics.claim_seconds.observe(time.perf_counter() - started)
         return rows
 
@@ -260,25 +288,44 @@ class Relay:
             log.info("publishing with %s to %s", self._publisher.name, c.bootstrap_servers)
         return self._publisher
 
-    def _round(self, s: _Session, rows: Sequence[ClaimedRow]) -> None:
-        m = self.metrics
+    def _backoff(self, message: str, *args: object) -> None:
+        self._failures += 1
+        delay = min(self.config.retry_backoff * 2 ** (self._failures - 1), self.config.retry_backoff_max)
+        log.warning(message + "; retrying in %.1f s", *args, delay)
+        self._stop.wait(delay)
+
+    def _send(self, rows: list[ClaimedRow]) -> _Batch | None:
         records = [to_record(r) for r in rows]
         try:
             publisher = self._producer()
         except PublishError as exc:
-            self._failures += 1
-            backoff = min(self.config.retry_backoff * 2 ** (self._failures - 1), self.config.retry_backoff_max)
-            log.warning("%s; retrying in %.1f s", exc, backoff)
-            self._stop.wait(backoff)
-            return
-        started = time.perf_counter()
-        result = publisher.publish(records, should_stop=self._abandon)
-        m.publish_seconds.observe(time.perf_counter() - started)
-        m.batch_size.observe(len(rows))
-        if result.broken:
-            publisher.close(timeout=0)
+            self._backoff("%s", exc)
+            return None
+        return _Batch(rows, publisher, publisher.send(records), time.perf_counter())
+
+    def _settle(self, s: _Session, inflight: deque[_Batch], *, everything: bool = False) -> None:
+        """Wait for the oldest batch (all of them after a failure), delete what may go."""
+        m = self.metrics
+        batches = [inflight.popleft()]
+        rows: list[ClaimedRow] = []
+        errors: list[str | None] = []
+        broken = False
+        while batches:
+            batch = batches.pop(0)
+            result = batch.publisher.wait(batch.pending, should_stop=self._abandon)
+            m.publish_seconds.observe(time.perf_counter() - batch.sent_at)
+            m.batch_size.observe(len(batch.rows))
+            rows.extend(batch.rows)
+            errors.extend(result.errors)
+            broken = broken or result.broken
+            if (result.failed or result.broken or everything) and inflight:
+                # Later batches may hold later rows of a failed key: settle them together.
+                batches.extend(inflight)
+                inflight.clear()
+        if broken and self._publisher is not None:
+            self._publisher.close(timeout=0)
             self._publisher = None
-        ids, kept = deletable(rows, result.errors)
+        ids, kept = deletable(rows, errors)
         if ids:
             # On the lock connection: if it died, so did our ownership, and this raises.
             delete(s.conn, self.table, ids)
@@ -287,32 +334,27 @@ class Relay:
             m.published.inc(len(ids))
             now_ms = time.time() * 1000
             step = max(1, len(rows) // 64)
-            for row, error in zip(rows[::step], result.errors[::step], strict=True):
+            for row, error in zip(rows[::step], errors[::step], strict=True):
                 if error is None:
                     m.event_latency.observe(max(0.0, (now_ms - row.timestamp_ms) / 1000))
-        failed = result.failed
+        failed = sum(1 for e in errors if e is not None)
         if failed == 0:
             m.rounds.labels("ok").inc()
             self._failures = 0
             return
         m.failed.inc(failed)
         m.rounds.labels("failed").inc()
-        first = next(e for e in result.errors if e is not None)
         if self.stopping:
             log.warning("shutdown: abandoned %d unacknowledged event(s); they stay in the outbox", failed)
             return
-        self._failures += 1
-        backoff = min(self.config.retry_backoff * 2 ** (self._failures - 1), self.config.retry_backoff_max)
-        log.warning(
-            "%d of %d event(s) not acknowledged (%s); %d acknowledged one(s) kept to preserve key order; "
-            "retrying in %.1f s",
+        first = next(e for e in errors if e is not None)
+        self._backoff(
+            "%d of %d event(s) not acknowledged (%s); %d acknowledged one(s) kept to preserve key order",
             failed,
             len(rows),
             first,
             kept,
-            backoff,
         )
-        self._stop.wait(backoff)
 
     # -- ownership and bookkeeping ------------------------------------------------------------
 

@@ -78,7 +78,7 @@ def add_relay_command(sub: Any) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=_env_int("OUTBOX_RELAY_BATCH_SIZE", 5000),
+        default=_env_int("OUTBOX_RELAY_BATCH_SIZE", 10000),
         help="events per claim and publish round [OUTBOX_RELAY_BATCH_SIZE; default: %(default)s]",
     )
     p.add_argument(
@@ -90,8 +90,9 @@ def add_relay_command(sub: Any) -> None:
     p.add_argument(
         "--delivery-timeout-ms",
         type=int,
-        default=_env_int("OUTBOX_RELAY_DELIVERY_TIMEOUT_MS", 30000),
-        help="give up on a record (keep its row, retry later) after this long "
+        default=_env_int("OUTBOX_RELAY_DELIVERY_TIMEOUT_MS", 0),
+        help="let the producer give up on a record after this long (its row stays and is retried); 0 = never, "
+        "the default, which keeps a later record from landing after an earlier one expired "
         "[OUTBOX_RELAY_DELIVERY_TIMEOUT_MS; default: %(default)s]",
     )
     p.add_argument(
@@ -198,7 +199,7 @@ def _run_relay(args: argparse.Namespace) -> int:
             producer_options=_producer_options(args),
             batch_size=args.batch_size,
             poll_interval=args.poll_interval_ms / 1000,
-            delivery_timeout=args.delivery_timeout_ms / 1000,
+            delivery_timeout=args.delivery_timeout_ms / 1000 if args.delivery_timeout_ms > 0 else None,
             max_relays=args.max_relays,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,

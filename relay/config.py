@@ -37,14 +37,18 @@ class RelayConfig:
     name: str = field(default_factory=default_name)
     producer: str = "auto"
     producer_options: Mapping[str, str] = field(default_factory=dict)
-    batch_size: int = 5000
+    batch_size: int = 10000
     poll_interval: float = 0.5
     linger: float = 0.02
     linger_step: float = 0.001
     rebalance_interval: float = 1.0
     heartbeat_interval: float = 1.0
     backlog_interval: float = 5.0
-    delivery_timeout: float = 30.0
+    # None: the producer never gives up on a record (see relay/publisher.py for why).
+    delivery_timeout: float | None = None
+    # Batches in flight at once: the next batch is claimed and sent while the previous one waits
+    # for its acknowledgements.
+    pipeline_depth: int = 3
     retry_backoff: float = 0.1
     retry_backoff_max: float = 5.0
     max_relays: int = 256
@@ -68,13 +72,16 @@ class RelayConfig:
             "rebalance_interval",
             "heartbeat_interval",
             "backlog_interval",
-            "delivery_timeout",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
         for name in ("linger", "linger_step", "retry_backoff", "retry_backoff_max"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}")
+        if self.delivery_timeout is not None and not self.delivery_timeout > 0:
+            raise ConfigError(f"delivery_timeout must be > 0 seconds or None (never), got {self.delivery_timeout!r}")
+        if not 1 <= self.pipeline_depth <= 8:
+            raise ConfigError(f"pipeline_depth must be 1..8, got {self.pipeline_depth}")
         if not 1 <= self.max_relays <= 4096:
             raise ConfigError(f"max_relays must be 1..4096, got {self.max_relays}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

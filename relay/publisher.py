@@ -19,7 +19,7 @@ import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from relay.errors import ConfigError, PublishError
 
@@ -27,6 +27,7 @@ __all__ = [
     "ConfluentPublisher",
     "KafkaPythonPublisher",
     "OutgoingRecord",
+    "Pending",
     "Publisher",
     "RoundResult",
     "make_publisher",
@@ -46,8 +47,7 @@ _librdkafka_log = logging.getLogger("relay.librdkafka")
 _librdkafka_log.addFilter(_KnownConfigWarnings())
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingRecord:
+class OutgoingRecord(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes
@@ -68,17 +68,46 @@ class RoundResult:
         return sum(1 for e in self.errors if e is not None)
 
 
+_NOT_SENT = "not acknowledged: the round was abandoned (shutdown)"
+
+
+class Pending:
+    """The outcomes of one sent batch, filled in by the producer's delivery reports."""
+
+    __slots__ = ("errors", "partitions", "remaining")
+
+    def __init__(self, n: int) -> None:
+        self.errors: list[str | None] = [_NOT_SENT] * n
+        self.partitions = [-1] * n
+        self.remaining = n
+
+    def delivered(self, index: int, err: Any, msg: Any) -> None:
+        """librdkafka's on_delivery callback (bound with functools.partial)."""
+        if err is None:
+            self.errors[index] = None
+            self.partitions[index] = msg.partition()
+        else:
+            self.errors[index] = str(err)
+        self.remaining -= 1
+
+
 class Publisher(Protocol):
+    """Sends batches in order and reports each record's outcome.
+
+    ``send`` returns at once (the records are queued in order behind earlier batches); ``wait``
+    blocks until every record of that batch is acknowledged or failed, or ``should_stop`` says
+    to abandon it. Records are never timed out by the client (delivery timeout infinite by
+    default): an unreachable broker makes ``wait`` wait, which is what keeps a later batch from
+    being appended after an earlier one expired.
+    """
+
     name: str
 
-    def publish(self, records: Sequence[OutgoingRecord], *, should_stop: Callable[[], bool]) -> RoundResult:
-        """Send ``records`` in order and wait for each outcome (or until ``should_stop``)."""
-        ...
+    def send(self, records: Sequence[OutgoingRecord]) -> Pending: ...
+
+    def wait(self, pending: Pending, *, should_stop: Callable[[], bool]) -> RoundResult: ...
 
     def close(self, timeout: float) -> None: ...
-
-
-_NOT_SENT = "not acknowledged: the round was abandoned (shutdown)"
 
 
 class ConfluentPublisher:
@@ -87,7 +116,12 @@ class ConfluentPublisher:
     name = "confluent"
 
     def __init__(
-        self, bootstrap_servers: str, *, client_id: str, delivery_timeout: float, options: Mapping[str, str] = {}
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str,
+        delivery_timeout: float | None,
+        options: Mapping[str, str] = {},
     ) -> None:
         import confluent_kafka
 
@@ -101,9 +135,9 @@ class ConfluentPublisher:
             "acks": "all",
             # The Java client's partitioner (murmur2; random partition for a null key).
             "partitioner": "murmur2_random",
-            "linger.ms": 2,
+            "linger.ms": 1,
             "batch.size": 1_000_000,
-            "message.timeout.ms": int(delivery_timeout * 1000),
+            "message.timeout.ms": 0 if delivery_timeout is None else int(delivery_timeout * 1000),
             "queue.buffering.max.messages": 2_000_000,
             "queue.buffering.max.kbytes": 2_097_151,
             "message.max.bytes": 16_777_216,
@@ -114,7 +148,7 @@ class ConfluentPublisher:
         try:
             self._producer = confluent_kafka.Producer(conf)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
-            raise PublishError(
+            raise ConfigError(
                 f"cannot create the confluent-kafka producer: {exc} (check --producer-option values)"
             ) from exc
 
@@ -125,44 +159,58 @@ class ConfluentPublisher:
         else:
             log.warning("producer: %s", err)
 
-    def publish(self, records: Sequence[OutgoingRecord], *, should_stop: Callable[[], bool]) -> RoundResult:
-        n = len(records)
-        errors: list[str | None] = [_NOT_SENT] * n
-        partitions = [-1] * n
-
-        def delivered(index: int, err: Any, msg: Any) -> None:
-            if err is None:
-                errors[index] = None
-                partitions[index] = msg.partition()
-            else:
-                errors[index] = str(err)
-
+    def send(self, records: Sequence[OutgoingRecord]) -> Pending:
+        pending = Pending(len(records))
         producer = self._producer
         produce = producer.produce
+        delivered = pending.delivered
+        partial = functools.partial
         for i, r in enumerate(records):
-            callback = functools.partial(delivered, i)
             while True:
                 try:
-                    produce(r.topic, r.value, r.key, headers=r.headers, timestamp=r.timestamp_ms, on_delivery=callback)
+                    produce(
+                        r.topic,
+                        r.value,
+                        r.key,
+                        headers=r.headers,
+                        timestamp=r.timestamp_ms,
+                        on_delivery=partial(delivered, i),
+                    )
                     break
                 except BufferError:
                     producer.poll(0.05)
                 except self._kafka.KafkaException as exc:
-                    errors[i] = str(exc)
+                    pending.errors[i] = str(exc)
+                    pending.remaining -= 1
                     break
-                if should_stop() or self._fatal:
-                    break
-            if self._fatal:
+        producer.poll(0)
+        return pending
+
+    def wait(self, pending: Pending, *, should_stop: Callable[[], bool]) -> RoundResult:
+        producer = self._producer
+        while pending.remaining > 0:
+            producer.poll(0.1)
+            if pending.remaining and (should_stop() or self._fatal):
+                if self._fatal:
+                    producer.poll(0.5)  # collect the failures the fatal error causes
                 break
-        while producer.flush(0.2) > 0:
-            if should_stop() or self._fatal:
-                break
-        return RoundResult(errors, partitions, broken=self._fatal is not None)
+        return RoundResult(pending.errors, pending.partitions, broken=self._fatal is not None)
 
     def close(self, timeout: float) -> None:
         remaining = self._producer.flush(timeout)
         if remaining:
-            log.warning("closing the producer with %d record(s) still unacknowledged; their rows stay", remaining)
+            self._producer.purge()
+            log.warning(
+                "closed the producer with %d record(s) unacknowledged; their rows stay in the outbox", remaining
+            )
+
+
+class _FuturesPending(Pending):
+    __slots__ = ("futures",)
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.futures: list[tuple[int, Any]] = []
 
 
 class KafkaPythonPublisher:
@@ -171,22 +219,29 @@ class KafkaPythonPublisher:
     name = "kafka-python"
 
     def __init__(
-        self, bootstrap_servers: str, *, client_id: str, delivery_timeout: float, options: Mapping[str, str] = {}
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str,
+        delivery_timeout: float | None,
+        options: Mapping[str, str] = {},
     ) -> None:
         import kafka
         import kafka.errors
 
         self._errors = kafka.errors
+        # kafka-python needs a finite delivery timeout; a day stands in for "never".
+        delivery_ms = 86_400_000 if delivery_timeout is None else int(delivery_timeout * 1000)
         conf: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers.split(","),
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,
-            "linger_ms": 2,
+            "linger_ms": 1,
             "batch_size": 1_000_000,
             "max_request_size": 16_777_216,
-            "delivery_timeout_ms": int(delivery_timeout * 1000),
-            "request_timeout_ms": max(1, min(30_000, int(delivery_timeout * 1000) - 2)),  # delivery > linger + request
+            "delivery_timeout_ms": delivery_ms,
+            "request_timeout_ms": max(500, min(30_000, delivery_ms // 2)),
         }
         for key, value in options.items():
             conf[key.replace(".", "_")] = _coerce(value)
@@ -200,39 +255,39 @@ class KafkaPythonPublisher:
             raise PublishError(f"cannot create the kafka-python producer: {exc} (is the broker reachable?)") from exc
         self._broken = False
 
-    def publish(self, records: Sequence[OutgoingRecord], *, should_stop: Callable[[], bool]) -> RoundResult:
-        n = len(records)
-        errors: list[str | None] = [_NOT_SENT] * n
-        partitions = [-1] * n
-        futures = []
+    def send(self, records: Sequence[OutgoingRecord]) -> Pending:
+        pending = _FuturesPending(len(records))
         send = self._producer.send
         for i, r in enumerate(records):
-            if should_stop():
-                break
             try:
-                futures.append(
+                pending.futures.append(
                     (i, send(r.topic, value=r.value, key=r.key, headers=r.headers, timestamp_ms=r.timestamp_ms))
                 )
             except self._errors.KafkaError as exc:
-                errors[i] = str(exc)
+                pending.errors[i] = str(exc)
                 self._broken = True
                 break
-        while not should_stop():
-            try:
-                self._producer.flush(timeout=0.2)
-                break
-            except self._errors.KafkaTimeoutError:
-                continue
-        for i, future in futures:
+        return pending
+
+    def wait(self, pending: Pending, *, should_stop: Callable[[], bool]) -> RoundResult:
+        assert isinstance(pending, _FuturesPending)
+        for i, future in pending.futures:
+            while not future.is_done and not should_stop():
+                try:
+                    future.get(timeout=0.2)
+                except self._errors.KafkaTimeoutError:
+                    continue
+                except Exception:  # the failure is read from the future below
+                    break
             if not future.is_done:
                 break
             if future.succeeded():
-                errors[i] = None
-                partitions[i] = future.value.partition
+                pending.errors[i] = None
+                pending.partitions[i] = future.value.partition
             else:
-                errors[i] = str(future.exception)
+                pending.errors[i] = str(future.exception)
                 self._broken = True
-        return RoundResult(errors, partitions, broken=self._broken)
+        return RoundResult(pending.errors, pending.partitions, broken=self._broken)
 
     def close(self, timeout: float) -> None:
         self._producer.close(timeout=timeout)
@@ -249,7 +304,12 @@ def _coerce(value: str) -> Any:
 
 
 def make_publisher(
-    kind: str, bootstrap_servers: str, *, client_id: str, delivery_timeout: float, options: Mapping[str, str] = {}
+    kind: str,
+    bootstrap_servers: str,
+    *,
+    client_id: str,
+    delivery_timeout: float | None,
+    options: Mapping[str, str] = {},
 ) -> Publisher:
     """``auto`` is librdkafka when confluent-kafka is installed, else kafka-python."""
     if kind == "auto":

@@ -64,7 +64,7 @@ def test_repeated_rebalancing_converges_to_an_even_split(buckets: int, relays: i
 
 
 def _row(i: int, key: str | None, topic: str = "t") -> ClaimedRow:
-    return ClaimedRow(i, f"e{i}", topic, key, "type", b"{}", "{}", 0, 0)
+    return ClaimedRow(i, topic, key.encode() if key is not None else None, b"{}", 0, f"e{i}".encode(), b"type", "{}")
 
 
 def test_a_failed_row_keeps_the_later_rows_of_its_key_only() -> None:
