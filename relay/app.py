@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from outbox._faults import crashpoint
 from outbox._table import OutboxTable
 from outbox.errors import SchemaError
 from outbox.schema import OutboxSettings, read_settings
@@ -301,7 +302,9 @@ class Relay:
         except PublishError as exc:
             self._backoff("%s", exc)
             return None
-        return _Batch(rows, publisher, publisher.send(records), time.perf_counter())
+        batch = _Batch(rows, publisher, publisher.send(records), time.perf_counter())
+        crashpoint("relay.after_send")
+        return batch
 
     def _settle(self, s: _Session, inflight: deque[_Batch], *, everything: bool = False) -> None:
         """Wait for the oldest batch (all of them after a failure), delete what may go."""
@@ -327,8 +330,10 @@ class Relay:
             self._publisher = None
         ids, kept = deletable(rows, errors)
         if ids:
+            crashpoint("relay.before_delete")
             # On the lock connection: if it died, so did our ownership, and this raises.
             delete(s.conn, self.table, ids)
+            crashpoint("relay.after_delete")
             self.published += len(ids)
             self._last_publish_at = datetime.now(UTC)
             m.published.inc(len(ids))

@@ -188,6 +188,13 @@ def _run_relay(args: argparse.Namespace) -> int:
     from relay.app import Relay
 
     _setup_logging(args.log_level, args.log_format)
+    from outbox._faults import arm
+
+    try:
+        arm(os.environ.get("OUTBOX_CRASH_POINTS"))
+    except ValueError as exc:
+        print(f"outbox relay: OUTBOX_CRASH_POINTS: {exc}", file=sys.stderr)
+        return 2
     try:
         config = RelayConfig(
             database_url=args.database_url,
