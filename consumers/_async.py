@@ -24,6 +24,7 @@ from consumers._core import ConsumerBase, Failure, PartitionState, error_text, l
 from consumers._records import ConsumedEvent
 from consumers.errors import ConsumerError
 from consumers.schema import DEFAULT_SCHEMA, migrate_async
+from outbox._faults import crashpoint
 
 __all__ = ["AsyncConsumer"]
 
@@ -368,6 +369,7 @@ class AsyncConsumer(ConsumerBase):
                 applied.append(event.id)
             if out.failed_at is not None:
                 out.next_offset = events[out.failed_at].offset
+            crashpoint("consumer.in_handler")  # tests only: effects written, not committed
             cur = await conn.execute(
                 q["finish_batch"], {**where, "ids": applied, "next": out.next_offset, "expected": state.expected}
             )

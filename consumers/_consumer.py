@@ -26,6 +26,7 @@ from consumers._core import (
 from consumers._records import ConsumedEvent
 from consumers.errors import ConsumerError
 from consumers.schema import DEFAULT_SCHEMA, migrate
+from outbox._faults import crashpoint
 
 __all__ = ["Consumer"]
 
@@ -400,6 +401,7 @@ class Consumer(ConsumerBase):
                 applied.append(event.id)
             if out.failed_at is not None:
                 out.next_offset = events[out.failed_at].offset
+            crashpoint("consumer.in_handler")  # tests only: effects written, not committed
             moved = conn.execute(
                 q["finish_batch"], {**where, "ids": applied, "next": out.next_offset, "expected": state.expected}
             ).fetchone()

@@ -20,6 +20,7 @@ from consumers._metrics import ConsumerMetrics, MetricsServer, MetricsSnapshot
 from consumers._records import ConsumedEvent, HandlerSpec, handler_spec
 from consumers.errors import ConsumerError
 from consumers.schema import DEFAULT_SCHEMA, ConsumerTables
+from outbox._faults import crashpoint
 
 __all__ = ["DLQ_HEADERS", "StartFrom"]
 
@@ -378,6 +379,7 @@ class ConsumerBase:
         return delay * random.uniform(0.8, 1.0)
 
     def _after_commit(self, state: PartitionState, next_offset: int) -> None:
+        crashpoint("consumer.after_effect_commit")  # tests only: committed, broker offset not yet copied
         state.expected = next_offset
         self._broker_commits[state.tp] = next_offset
 

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import storage
+from . import _faults, storage
 from .admin_cli import add_admin_subcommands
 from .errors import StreamsError
 from .server.app import serve
@@ -224,6 +224,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.segment_bytes > 2**31 - 1:
         print("outbox streams serve: --segment-bytes must be below 2 GiB", file=sys.stderr)
         return 2
+    _faults.arm(os.environ.get("STREAMS_CRASH_POINTS"))
     host, port = args.listen
     adv_host, adv_port = args.advertised_listener or (None, None)
     config = ServerConfig(

@@ -16,6 +16,7 @@ it (a consumer never sees a record a crash could take back).
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from kafka.record.default_records import DefaultRecordBatch
 
+from streams._faults import failpoint
 from streams.errors import CorruptLogError, FatalStorageError, StorageError
 from streams.protocol.records import BatchHeader, InvalidBatch, parse_header, patch_base_offset, validate_batch
 
@@ -115,6 +117,7 @@ class SyncTicket:
         """
         try:
             for fd in self._fds:
+                failpoint("storage.fsync_eio", errno.EIO)
                 os.fdatasync(fd)
             if self._dir_fd is not None:
                 os.fsync(self._dir_fd)

@@ -14,11 +14,13 @@ spans more than 2**31 - 1 offsets (the log rolls first).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
 from pathlib import Path
 
+from streams._faults import crashpoint, failpoint
 from streams.errors import FatalStorageError
 from streams.protocol.records import HEADER_SIZE, BatchHeader, InvalidBatch, parse_header
 
@@ -186,6 +188,7 @@ class Segment:
         """
         position = self.size
         try:
+            failpoint("storage.write_enospc", errno.ENOSPC)
             pwrite_all(self.fd, batch, position)
         except OSError:
             try:
@@ -197,6 +200,7 @@ class Segment:
                 ) from exc
             raise
         size = len(batch)
+        crashpoint("storage.mid_append", f"log={self.log_path} position={position} size={size}")
         self.size = position + size
         self.note_batch(
             position, size, base_offset, base_offset + header.last_offset_delta, header.max_timestamp, now_ms
