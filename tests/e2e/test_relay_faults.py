@@ -179,28 +179,43 @@ def test_store_outage_keeps_unacknowledged_rows_and_delivers_everything(
     assert "not acknowledged" in relay.log_text(), "the relay never reported (and retried) a failed round"
 
 
-def test_store_crash_and_quick_restart_within_the_delivery_timeout(
+def test_store_crash_quick_restart_and_sigterm_with_a_stuck_batch(
     database_url: str, store4: StoreProcess, relays: RelayFactory, rng: random.Random
 ) -> None:
     """kill -9 of the store, back within a second: the producer's own retries (idempotent, across a
-    store that lost its in-memory producer state) must neither lose nor reorder anything."""
+    store that lost its in-memory producer state) must neither lose nor reorder anything. Then a
+    SIGTERM while the store is down: the stuck batch is abandoned safely."""
     topic = _topic()
     prepare_database(database_url, KEYS)
     relay = relays(database_url, store4.bootstrap).start()  # default delivery timeout (30 s)
     writers = Writers(database_url, topic, KEYS, seed=rng.randrange(1 << 30)).start()
     try:
         writers.wait_committed(150)
-        for _ in range(3):
+        for _ in range(2):
             time.sleep(rng.uniform(0.3, 1.0))
             store4.kill()
             time.sleep(rng.uniform(0.0, 0.5))
             store4.start()
         writers.wait_committed(writers.committed + 100)
+        assert relay.is_running()
+        # SIGTERM while a round waits for a dead store: the batch is abandoned after the shutdown
+        # grace (10 s), its rows stay, and the relay still exits 0.
+        store4.kill()
+        time.sleep(1.0)
+        started = time.monotonic()
+        code = relay.stop(timeout=30)
+        took = time.monotonic() - started
+        assert code == 0, f"the relay exited with {code} on SIGTERM"
+        assert took < 20, f"the relay took {took:.1f} s to stop with its batch stuck"
+        assert "abandoned" in relay.log_text(), "the relay had no batch in hand: the abandon path went untested"
+        assert outbox_rows(database_url) > 0
+        store4.start()
+        relay.start()
+        writers.wait_committed(writers.committed + 100)
     finally:
         writers.stop()
     wait_drained(database_url, 60, "after the store crashes")
     check_delivery(store4.bootstrap, topic, database_url, writers)
-    assert relay.is_running()
 
 
 # -- 3. G2: PostgreSQL restarts (fast, then immediate: crash recovery) under a running relay -------
