@@ -259,7 +259,9 @@ class Relay:
             # A writer's transaction that inserted is still open: it commits soon (poll again
             # quickly), unless it stays open for long (back off up to the poll interval).
             self._arm_failures += 1
-            self._stop.wait(min(timeout, c.linger_step * 2 ** min(self._arm_failures, 12)))
+            delay = min(timeout, c.linger_step * 2 ** min(self._arm_failures, 12))
+            log.debug("doorbell busy (a writer's transaction is open): polling again in %.3f s", delay)
+            self._stop.wait(delay)
             return
         self._arm_failures = 0
         try:
@@ -271,6 +273,7 @@ class Relay:
             while not woke and not self.stopping and (left := deadline - time.monotonic()) > 0:
                 woke = listener.wait(min(left, 0.25))
             self.metrics.wakeups.labels("notify" if woke else "poll").inc()
+            log.debug("woken by %s", "a notification" if woke else "the poll timeout")
         finally:
             listener.disarm()
 
