@@ -102,6 +102,21 @@ def _wait_connects(relay: RelayProcess, n: int, what: str, timeout: float = 30.0
     wait_until(lambda: relay.log_text().count("connected (backend pid") >= n, what, timeout=timeout)
 
 
+CRASH_POINTS = "relay.after_send:0.05,relay.before_delete:0.05,relay.after_delete:0.05"
+
+
+def _supervise(relay: RelayProcess, seconds: float) -> int:
+    """Restart the relay whenever it dies, for ``seconds``; return how many times it died."""
+    deaths = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not relay.is_running():
+            deaths += 1
+            relay.start()
+        time.sleep(0.05)
+    return deaths
+
+
 def _crash_loop(relay: RelayProcess, rng: random.Random, kills: int, *, alternate_producers: bool = False) -> None:
     """kill -9 the relay ``kills`` times at random moments, restarting it each time."""
     for i in range(kills):
@@ -128,7 +143,17 @@ def test_relay_kill9_repeatedly_loses_nothing_and_keeps_key_order(
     writers = Writers(database_url, topic, KEYS, seed=rng.randrange(1 << 30)).start()
     try:
         writers.wait_committed(200)
-        _crash_loop(relay, rng, kills=4, alternate_producers=True)
+        _crash_loop(relay, rng, kills=3, alternate_producers=True)
+        # Then at the worst moments: the relay's own crash points (SIGKILL after sending, between
+        # the acks and the delete, after the delete), restarted each time it dies.
+        relay.env["OUTBOX_CRASH_POINTS"] = CRASH_POINTS
+        relay.kill()
+        relay.start()
+        crashes = _supervise(relay, seconds=3.0)
+        assert crashes >= 2, f"the crash points fired {crashes} time(s): the worst moments went untested"
+        relay.env.pop("OUTBOX_CRASH_POINTS")
+        relay.kill()
+        relay.start()
     finally:
         writers.stop()
     wait_drained(database_url, 60, "after the last restart")
