@@ -39,7 +39,10 @@ def read_topic(bootstrap: str, topic: str, *, min_records: int = 0, timeout: flo
                 consumer.seek_to_beginning(*tps)
                 ends = consumer.end_offsets(tps)
                 remaining = {tp for tp in tps if ends[tp] > 0}
-                while remaining and time.monotonic() < deadline:
+                # Each pass may read to the end for a while even past the overall deadline, so
+                # that the last pass (the one the caller gets) is complete.
+                pass_deadline = max(deadline, time.monotonic() + 10)
+                while remaining and time.monotonic() < pass_deadline:
                     for tp, batch in consumer.poll(timeout_ms=500, max_records=100_000).items():
                         for m in batch:
                             records.append(
