@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo demo-kafka test lint bench venv clean
 
 venv: $(STAMP)
 
@@ -16,17 +16,25 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@$(PY) -m streams.demo
+	@$(PY) -m demo
+
+demo-kafka: $(STAMP)
+	@$(PY) -m demo --kafka
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy streams outbox relay consumers
+	$(VENV)/bin/mypy streams outbox relay consumers demo examples
 
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/streams.py
+
+# The compose stack for real under a local Docker engine (images built from Debian packages).
+.PHONY: compose-test
+compose-test:
+	compose/compose-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
