@@ -154,7 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m examples.consumer",
         description="Apply the orders service's events exactly once, as the inventory or the email group.",
     )
-    p.add_argument("--group", required=True, choices=GROUPS, help="which consumer group to run")
+    p.add_argument(
+        "--group",
+        default=os.environ.get("CONSUMER_GROUP"),
+        choices=GROUPS,
+        help="which consumer group to run [CONSUMER_GROUP]",
+    )
     p.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("OUTBOX_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
@@ -180,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve Prometheus metrics on this port [CONSUMER_METRICS_PORT; default: off]",
     )
     args = p.parse_args(argv)
+    if not args.group:
+        p.error("--group or CONSUMER_GROUP is required")
     if not args.database_url:
         p.error("--database-url, CONSUMER_DATABASE_URL or OUTBOX_DATABASE_URL is required")
     return args
