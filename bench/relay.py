@@ -114,7 +114,9 @@ def fill_backlog(dsn: str, n: int) -> None:
 
 
 def writer(dsn: str, per_txn: int, with_outbox: bool, seconds: float, go: Any, out: Any, topic: str) -> None:
-    with psycopg.connect(dsn) as conn:
+    # autocommit: each `conn.transaction()` below is then a real transaction (on a non-autocommit
+    # connection, the SET would open one that never ends, and the blocks would be savepoints).
+    with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = on")
         go.wait()
         commits = events = 0
