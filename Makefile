@@ -28,6 +28,12 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Randomized fault campaign (tests/chaos): CHAOS_SECONDS (default 600), CHAOS_SEED (default random,
+# printed; the same seed replays the same fault schedule). Ends with the checker's table; exits 1 on
+# any violation. CHAOS_ARGS passes more flags (e.g. --fault 'kill -9 store' -v).
+chaos: $(STAMP)
+	$(PY) -m tests.chaos $(if $(CHAOS_SECONDS),--seconds $(CHAOS_SECONDS)) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(CHAOS_ARGS)
+
 bench: $(STAMP)
 	$(PY) bench/streams.py
 

@@ -1,0 +1,556 @@
+"""A randomized fault campaign: writers -> outbox -> 2 relays -> fault proxy -> store -> 2 consumers.
+
+Everything is a real process (PostgreSQL, the store, relays, consumer workers); the fault proxy,
+the writers, the auditor, the offset monitor and the fault scheduler are threads of this process.
+A seeded PRNG picks the faults, their targets, their timing and the writers' choices: the printed
+seed replays the same schedule (process timing itself is not deterministic).
+
+``python -m tests.chaos --seconds 600 --seed 1234`` (or ``make chaos``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.chaos.history import (
+    Auditor,
+    CheckResult,
+    History,
+    OffsetMonitor,
+    Writers,
+    check,
+    committed_truth,
+    prepare_app_db,
+)
+from tests.chaos.proxy import FaultProxy
+from tests.chaos.worker import EFFECTS_DDL
+from tests.support._proc import REPO_ROOT
+from tests.support.postgres import PostgresServer
+from tests.support.relay import RelayProcess
+from tests.support.store import StoreProcess
+
+__all__ = ["CampaignConfig", "run_campaign"]
+
+logger = logging.getLogger("chaos")
+
+RELAY_CRASH_POINTS = "relay.after_send:0.003,relay.before_delete:0.003,relay.after_delete:0.003"
+CONSUMER_CRASH_POINTS = "consumer.in_handler:0.002,consumer.after_effect_commit:0.002"
+STORE_FAULT_POINTS = "storage.mid_append:0.0007,storage.write_enospc:0.003,storage.fsync_eio:0.0003"
+MID_APPEND_RE = re.compile(r"crash point storage\.mid_append: .* log=(\S+) position=(\d+) size=(\d+)")
+
+
+@dataclass
+class CampaignConfig:
+    seconds: float = 600.0
+    seed: int | None = None
+    partitions: int = 4
+    keys: int = 24
+    writers: int = 4
+    rate: float = 40.0  # writer transactions per second, all writers together
+    relays: int = 2
+    consumers: int = 2
+    fault_gap: tuple[float, float] = (0.5, 3.0)
+    crash_points: bool = True
+    work_dir: Path | None = None
+    quiesce_timeout: float = 240.0
+    faults: list[str] | None = None  # restrict to these fault names
+    log_every: float = 30.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Member:
+    """One consumer worker process (restartable; incarnations numbered)."""
+
+    def __init__(self, name: str, mode: str, args: list[str], log_dir: Path, env: dict[str, str]) -> None:
+        self.name, self.mode, self.args, self.env = name, mode, args, env
+        self.log = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **self.env}
+        self.starts += 1
+        with self.log.open("ab") as log:
+            log.write(f"--- start #{self.starts}\n".encode())
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.chaos.worker", "--member", self.name, "--mode", self.mode,
+                 "--incarnation", str(self.starts), *self.args],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def kill(self) -> None:
+        if self.is_running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        if self.is_running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.resume()
+        if self.is_running():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Campaign:
+    def __init__(self, cfg: CampaignConfig) -> None:
+        self.cfg = cfg
+        self.seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1, 2**31)
+        self.rng = random.Random(self.seed)
+        self.work = cfg.work_dir or Path(tempfile.mkdtemp(prefix="outbox-chaos-"))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.history = History()
+        self.topic = f"chaos-{uuid.uuid4().hex[:8]}"
+        self.group = f"g-{self.topic}"
+        self.keys = [f"k{i:02d}" for i in range(cfg.keys)]
+        self.pg = PostgresServer(use_env=False)
+        self.proxy: FaultProxy | None = None
+        self.store: StoreProcess | None = None
+        self.relays: list[RelayProcess] = []
+        self.members: list[Member] = []
+        self.locks: dict[str, threading.Lock] = {}
+        self.down: set[str] = set()  # components a fault is holding down on purpose
+        self.unexpected_exits: dict[str, int] = {}
+        self.recovery_failures: list[str] = []
+        self._stop = threading.Event()
+        self._store_log_seen = 0
+
+    # -- setup --------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.pg.start()
+        self.app_dsn = self.pg.create_database("chaos_app")
+        self.consumer_dsn = self.pg.create_database("chaos_consumer")
+        prepare_app_db(self.app_dsn, self.keys)
+        with psycopg.connect(self.consumer_dsn, autocommit=True) as conn:
+            conn.execute(EFFECTS_DDL)
+        store_port, proxy_port = _two_free_ports()
+        self.proxy = FaultProxy(proxy_port, "127.0.0.1", store_port, seed=self.seed).start()
+        store_env = {"STREAMS_CRASH_POINTS": STORE_FAULT_POINTS} if cfg.crash_points else {}
+        self.store = _Store(
+            self.work / "store-data", port=store_port, work_dir=self.work, env=store_env,
+            extra_args=["--advertised-listener", self.proxy.address, "--default-partitions", str(cfg.partitions),
+                        "--group-min-session-timeout-ms", "1000", "--group-initial-rebalance-delay-ms", "0",
+                        "--segment-bytes", str(256 * 1024), "--idle-timeout", "30"],
+        )  # fmt: skip
+        self.store.start()
+        self._create_topic()
+        relay_env = {"OUTBOX_CRASH_POINTS": RELAY_CRASH_POINTS} if cfg.crash_points else {}
+        for i in range(cfg.relays):
+            r = RelayProcess(
+                self.app_dsn, self.proxy.address, name=f"relay-{i + 1}", env=relay_env, work_dir=self.work,
+                extra_args=["--poll-interval-ms", "500"],
+            )  # fmt: skip
+            r.start(wait=False)
+            self.relays.append(r)
+        consumer_env = {"OUTBOX_CRASH_POINTS": CONSUMER_CRASH_POINTS} if cfg.crash_points else {}
+        common = ["--bootstrap", self.proxy.address, "--database-url", self.consumer_dsn, "--topic", self.topic,
+                  "--group", self.group, "--session-timeout-ms", "3000"]  # fmt: skip
+        for i in range(cfg.consumers):
+            m = Member(f"consumer-{i + 1}", "sync" if i % 2 == 0 else "async", common, self.work, consumer_env)
+            m.start()
+            self.members.append(m)
+        for name in self._components():
+            self.locks[name] = threading.Lock()
+        self.writers = Writers(
+            self.app_dsn, self.topic, self.keys, self.history, n=cfg.writers, seed=self.seed, rate=cfg.rate
+        )
+        self.auditor = Auditor(self.proxy.address, self.topic, self.history, interval=20.0)
+        self.monitor = OffsetMonitor(self.consumer_dsn, self.group, self.history)
+
+    def _create_topic(self) -> None:
+        from kafka.admin import KafkaAdminClient, NewTopic
+
+        assert self.store is not None
+        admin = KafkaAdminClient(bootstrap_servers=self.store.bootstrap, request_timeout_ms=10_000)
+        try:
+            admin.create_topics([NewTopic(self.topic, self.cfg.partitions, 1)])
+        finally:
+            admin.close()
+
+    def _components(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"store": self.store}
+        out.update({r.name: r for r in self.relays})
+        out.update({m.name: m for m in self.members})
+        return out
+
+    # -- supervisor: restart what died (crash points, fatal errors) --------------------------------
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(0.3):
+            for name, comp in self._components().items():
+                lock = self.locks[name]
+                if name in self.down or comp.is_running() or not lock.acquire(blocking=False):
+                    continue
+                try:
+                    if name in self.down or comp.is_running():
+                        continue
+                    self._restart_dead(name, comp)
+                except Exception as exc:
+                    self.recovery_failures.append(f"{name}: {exc}"[:300])
+                    logger.error("could not restart %s: %s", name, exc)
+                finally:
+                    lock.release()
+
+    def _restart_dead(self, name: str, comp: Any) -> None:
+        code = comp.returncode
+        if name == "store":
+            text = self.store.log_text() if self.store else ""
+            new = text[self._store_log_seen :]
+            self._store_log_seen = len(text)
+            matches = list(MID_APPEND_RE.finditer(new))
+            m = matches[-1] if matches else None
+            if m is not None:
+                self._tear_tail(Path(m.group(1)), int(m.group(2)), int(m.group(3)))
+                self.history.note_fault("crashpoint store storage.mid_append (+ torn unsynced tail)")
+            elif "fault point storage.fsync_eio" in new:
+                self.history.note_fault("failpoint store fsync EIO (store exited)")
+            else:
+                self._unexpected(name, code)
+            comp.start()
+            self._store_log_seen = len(self.store.log_text()) if self.store else 0
+            return
+        if code == -signal.SIGKILL:
+            self.history.note_fault(f"crashpoint {name.split('-', maxsplit=1)[0]}")
+        else:
+            self._unexpected(name, code)
+        if isinstance(comp, RelayProcess):
+            comp.start(wait=False)
+        else:
+            comp.start()
+
+    def _unexpected(self, name: str, code: int | None) -> None:
+        key = f"{name.rstrip('0123456789').rstrip('-')} exit {code}"
+        self.unexpected_exits[key] = self.unexpected_exits.get(key, 0) + 1
+        logger.warning("%s exited by itself with %s; restarting it", name, code)
+
+    def _tear_tail(self, path: Path, position: int, size: int) -> None:
+        """A power cut right after the store wrote (not fsynced, not acked) the batch at ``position``."""
+        try:
+            keep = position + self.rng.randrange(0, size)
+            if path.stat().st_size >= position + size:
+                os.truncate(path, keep)
+                logger.info("torn tail: %s cut at %d (batch %d+%d)", path.name, keep, position, size)
+        except OSError as exc:
+            logger.warning("could not tear %s: %s", path, exc)
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def fault_table(self) -> dict[str, tuple[float, Callable[[], None]]]:
+        return {
+            "kill -9 relay": (3, self._kill_relay),
+            "SIGSTOP relay": (2, self._pause(lambda: self.rng.choice(self.relays))),
+            "kill -9 store": (3, self._kill_store),
+            "SIGSTOP store": (2, self._pause(lambda: self.store)),
+            "kill -9 consumer": (3, self._kill_consumer),
+            "SIGSTOP consumer": (2, self._pause(lambda: self.rng.choice(self.members))),
+            "PostgreSQL restart fast": (1, lambda: self._pg_restart("fast")),
+            "PostgreSQL restart immediate": (1, lambda: self._pg_restart("immediate")),
+            "proxy latency": (2, self._proxy_latency),
+            "proxy hang": (2, self._proxy_hang),
+            "proxy reset": (2, self._proxy_reset),
+            "proxy cut mid-frame": (2, self._proxy_cut),
+        }
+
+    def _sleep(self, a: float, b: float) -> None:
+        self._stop.wait(self.rng.uniform(a, b))
+
+    def _hold_down(self, name: str, action: Callable[[], None]) -> None:
+        with self.locks[name]:
+            self.down.add(name)
+            try:
+                action()
+            finally:
+                self.down.discard(name)
+
+    def _kill_relay(self) -> None:
+        r = self.rng.choice(self.relays)
+
+        def act() -> None:
+            r.resume()
+            r.kill()
+            self._sleep(0, 3)
+            r.start(wait=False)
+
+        self._hold_down(r.name, act)
+
+    def _kill_consumer(self) -> None:
+        m = self.rng.choice(self.members)
+
+        def act() -> None:
+            m.kill()
+            self._sleep(0, 3)
+            m.start()
+
+        self._hold_down(m.name, act)
+
+    def _kill_store(self) -> None:
+        store = self.store
+        assert store is not None
+
+        def act() -> None:
+            if store.is_running():
+                os.kill(store.pid or 0, signal.SIGCONT)
+            store.kill()
+            self._sleep(0, 3)
+            try:
+                store.start()
+            except Exception as exc:
+                self.recovery_failures.append(f"store restart after kill -9: {exc}"[:300])
+                raise
+            self._store_log_seen = len(store.log_text())
+
+        self._hold_down("store", act)
+
+    def _pause(self, pick: Callable[[], Any]) -> Callable[[], None]:
+        def fault() -> None:
+            comp = pick()
+            name = getattr(comp, "name", "store")
+
+            def act() -> None:
+                if not comp.is_running():
+                    return
+                pid = comp.pid
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    self._sleep(1, 10)
+                finally:
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+
+            self._hold_down(name, act)
+
+        return fault
+
+    def _pg_restart(self, mode: str) -> None:
+        self.pg.restart(mode)  # type: ignore[arg-type]
+
+    def _proxy_latency(self) -> None:
+        assert self.proxy is not None
+        self.proxy.latency = self.rng.uniform(0.02, 0.5)
+        self._sleep(2, 10)
+        self.proxy.latency = 0.0
+
+    def _proxy_hang(self) -> None:
+        assert self.proxy is not None
+        self.proxy.hang()
+        self._sleep(1, 12)
+        self.proxy.unhang()
+
+    def _proxy_reset(self) -> None:
+        assert self.proxy is not None
+        self.proxy.reset_all()
+
+    def _proxy_cut(self) -> None:
+        assert self.proxy is not None
+        self.proxy.cut_probability = self.rng.uniform(0.05, 0.4)
+        self._sleep(2, 8)
+        self.proxy.cut_probability = 0.0
+
+    def _schedule(self, deadline: float) -> None:
+        table = self.fault_table()
+        if self.cfg.faults:
+            table = {k: v for k, v in table.items() if k in self.cfg.faults}
+        names = list(table)
+        weights = [table[n][0] for n in names]
+        last_log = time.monotonic()
+        while time.monotonic() < deadline and not self._stop.is_set():
+            self._stop.wait(self.rng.uniform(*self.cfg.fault_gap))
+            if time.monotonic() >= deadline:
+                break
+            name = self.rng.choices(names, weights)[0]
+            self.history.note_fault(name)
+            try:
+                table[name][1]()
+            except Exception as exc:
+                logger.error("fault %s failed: %s", name, exc)
+                self.recovery_failures.append(f"{name}: {exc}"[:300])
+            if time.monotonic() - last_log > self.cfg.log_every:
+                last_log = time.monotonic()
+                with self.history.lock:
+                    n = len(self.history.writes)
+                print(
+                    f"[chaos] {deadline - time.monotonic():6.0f} s left, {n} writes, "
+                    f"{sum(self.history.faults.values())} faults",
+                    flush=True,
+                )
+
+    # -- run ----------------------------------------------------------------------------------
+
+    def heal(self) -> None:
+        if self.proxy is not None:
+            self.proxy.heal()
+        for name, comp in self._components().items():
+            with self.locks[name]:
+                pid = comp.pid
+                if pid and comp.is_running():
+                    os.kill(pid, signal.SIGCONT)
+        if not self.pg.is_running():
+            self.pg.start()
+
+    def wait_applied(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                truth = committed_truth(self.app_dsn)
+                with psycopg.connect(self.consumer_dsn) as conn:
+                    applied = {str(r[0]) for r in conn.execute("SELECT DISTINCT event_id FROM chaos_effects")}
+                missing = len(set(truth) - applied)
+                if missing == 0:
+                    return True
+                logger.info("quiesce: %d committed events not applied yet", missing)
+            except psycopg.Error as exc:
+                logger.info("quiesce: %s", exc)
+            time.sleep(2)
+        return False
+
+    def run(self) -> CheckResult:
+        cfg = self.cfg
+        print(f"[chaos] seed {self.seed}  (reproduce: CHAOS_SEED={self.seed} CHAOS_SECONDS={cfg.seconds:g} make chaos)")
+        print(f"[chaos] work dir {self.work}", flush=True)
+        self.setup()
+        supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        supervisor.start()
+        self.writers.start()
+        self.auditor.start()
+        self.monitor.start()
+        started = time.monotonic()
+        try:
+            self._schedule(started + cfg.seconds)
+        finally:
+            print("[chaos] faults over: healing, stopping writers, waiting for every committed event", flush=True)
+            self.heal()
+            self.writers.stop()
+        quiet = self.wait_applied(cfg.quiesce_timeout)
+        self._stop.set()
+        supervisor.join(30)
+        self.auditor.stop()
+        self.monitor.stop()
+        final = self.auditor.read_all(timeout=180)
+        truth = committed_truth(self.app_dsn)
+        with psycopg.connect(self.consumer_dsn) as conn:
+            effects = [
+                (r[0], str(r[1]), r[2], r[3], r[4], r[5], r[6], r[7])
+                for r in conn.execute(
+                    'SELECT id, event_id, key, seq, partition, "offset", member, incarnation FROM chaos_effects'
+                )
+            ]
+        result = check(self.history, truth, final, effects)
+        result.rows.insert(0, ("components that did not recover", len(self.recovery_failures), True,
+                               self.recovery_failures[0] if self.recovery_failures else ""))  # fmt: skip
+        exits = ", ".join(f"{k}: {v}" for k, v in sorted(self.unexpected_exits.items()))
+        result.rows.append(("unexpected process exits (liveness, restarted)", sum(self.unexpected_exits.values()),
+                            False, exits))  # fmt: skip
+        if not quiet:
+            result.rows.append(("quiesce timed out (see lost events)", 1, True, f"{cfg.quiesce_timeout:.0f} s"))
+        result.stats["duration s"] = round(time.monotonic() - started)
+        result.stats["auditor passes"] = self.auditor.passes
+        result.stats["writer errors (connections lost)"] = self.writers.errors
+        result.stats["proxy connections/resets/cuts"] = (
+            f"{self.proxy.connections}/{self.proxy.resets}/{self.proxy.cuts}" if self.proxy else ""
+        )
+        result.stats["unexpected exits (restarted)"] = dict(self.unexpected_exits)
+        result.stats["faults"] = dict(sorted(self.history.faults.items()))
+        return result
+
+    def close(self) -> None:
+        self._stop.set()
+        for m in self.members:
+            m.stop()
+        for r in self.relays:
+            try:
+                r.resume()
+                r.stop()
+            except Exception:
+                r.kill()
+        if self.store is not None:
+            try:
+                self.store.stop()
+            except Exception:
+                self.store.kill()
+        if self.proxy is not None:
+            self.proxy.close()
+        self.pg.cleanup()
+
+
+class _Store(StoreProcess):
+    """The store's ready file names the *advertised* address (here the proxy's): keep the real port."""
+
+    def start(self) -> StoreProcess:
+        listen = self._listen_port = getattr(self, "_listen_port", self.port)
+        self.port = listen
+        try:
+            return super().start()
+        finally:
+            self.port = listen
+
+
+def _two_free_ports() -> tuple[int, int]:
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        return int(a.getsockname()[1]), int(b.getsockname()[1])
+
+
+def run_campaign(cfg: CampaignConfig) -> tuple[int, CheckResult]:
+    """Run one campaign; return (seed, result). Prints the seed first and the table at the end."""
+    c = Campaign(cfg)
+    try:
+        result = c.run()
+    finally:
+        c.close()
+    print()
+    for k, v in result.stats.items():
+        print(f"[chaos] {k}: {v}")
+    print()
+    print(result.table())
+    print()
+    verdict = "PASS" if result.violations == 0 else f"FAIL ({result.violations} violated checks)"
+    print(f"[chaos] seed {c.seed}: {verdict}  (logs: {c.work})", flush=True)
+    return c.seed, result
