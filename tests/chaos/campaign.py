@@ -53,6 +53,7 @@ logger = logging.getLogger("chaos")
 RELAY_CRASH_POINTS = "relay.after_send:0.003,relay.before_delete:0.003,relay.after_delete:0.003"
 CONSUMER_CRASH_POINTS = "consumer.in_handler:0.002,consumer.after_effect_commit:0.002"
 STORE_FAULT_POINTS = "storage.mid_append:0.0007,storage.write_enospc:0.003,storage.fsync_eio:0.0003"
+FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 MID_APPEND_RE = re.compile(r"crash point storage\.mid_append: .* log=(\S+) position=(\d+) size=(\d+)")
 
 
@@ -68,6 +69,7 @@ class CampaignConfig:
     consumers: int = 2
     fault_gap: tuple[float, float] = (0.5, 3.0)
     crash_points: bool = True
+    clock_jumps: bool = False  # libfaketime preload for relays/consumers (see Campaign._clock_env)
     work_dir: Path | None = None
     quiesce_timeout: float = 240.0
     faults: list[str] | None = None  # restrict to these fault names
@@ -157,6 +159,8 @@ class Campaign:
         self.recovery_failures: list[str] = []
         self._stop = threading.Event()
         self._store_log_seen = 0
+        self.clock_files: dict[str, Path] = {}
+        self.clock_offsets: dict[str, int] = {}
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -182,7 +186,8 @@ class Campaign:
         relay_env = {"OUTBOX_CRASH_POINTS": RELAY_CRASH_POINTS} if cfg.crash_points else {}
         for i in range(cfg.relays):
             r = RelayProcess(
-                self.app_dsn, self.proxy.address, name=f"relay-{i + 1}", env=relay_env, work_dir=self.work,
+                self.app_dsn, self.proxy.address, name=f"relay-{i + 1}", work_dir=self.work,
+                env={**relay_env, **self._clock_env(f"relay-{i + 1}")},
                 extra_args=["--poll-interval-ms", "500"],
             )  # fmt: skip
             r.start(wait=False)
@@ -191,7 +196,9 @@ class Campaign:
         common = ["--bootstrap", self.proxy.address, "--database-url", self.consumer_dsn, "--topic", self.topic,
                   "--group", self.group, "--session-timeout-ms", "3000"]  # fmt: skip
         for i in range(cfg.consumers):
-            m = Member(f"consumer-{i + 1}", "sync" if i % 2 == 0 else "async", common, self.work, consumer_env)
+            name = f"consumer-{i + 1}"
+            env = {**consumer_env, **self._clock_env(name)}
+            m = Member(name, "sync" if i % 2 == 0 else "async", common, self.work, env)
             m.start()
             self.members.append(m)
         for name in self._components():
@@ -201,6 +208,31 @@ class Campaign:
         )
         self.auditor = Auditor(self.proxy.address, self.topic, self.history, interval=20.0)
         self.monitor = OffsetMonitor(self.consumer_dsn, self.group, self.history)
+
+    def _clock_env(self, name: str) -> dict[str, str]:
+        """libfaketime for relays and consumers (when installed): a per-process offset file.
+
+        libfaketime 0.9.10 moves CLOCK_MONOTONIC with the wall clock (FAKETIME_DONT_FAKE_MONOTONIC
+        makes Python's time.sleep fail with EINVAL), so offsets only ever grow: forward jumps.
+        Opt-in (``--clock-jumps``): under libfaketime 0.9.10 a relay was seen to stop in
+        ``Event.wait(0.001)`` (relay/app.py linger loop) for minutes even at offset +0 — the
+        preload itself, not the relay, is suspect, so it stays out of the default campaign.
+        """
+        if not (self.cfg.clock_jumps and FAKETIME_LIB.exists()):
+            return {}
+        path = self.work / f"{name}.faketime"
+        path.write_text("+0\n")
+        self.clock_files[name] = path
+        return {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(path), "FAKETIME_NO_CACHE": "1"}
+
+    def _clock_jump(self) -> None:
+        if not self.clock_files:
+            return
+        name = self.rng.choice(sorted(self.clock_files))
+        jump = self.rng.choice((5, 30, 120, 3600))
+        self.clock_offsets[name] = self.clock_offsets.get(name, 0) + jump
+        self.clock_files[name].write_text(f"+{self.clock_offsets[name]}\n")
+        self.history.note_fault("clock jump forward", f"{name} +{jump} s")
 
     def _create_topic(self) -> None:
         from kafka.admin import KafkaAdminClient, NewTopic
@@ -294,6 +326,7 @@ class Campaign:
             "proxy hang": (2, self._proxy_hang),
             "proxy reset": (2, self._proxy_reset),
             "proxy cut mid-frame": (2, self._proxy_cut),
+            "clock jump forward (libfaketime)": (1 if self.clock_files else 0, self._clock_jump),
         }
 
     def _sleep(self, a: float, b: float) -> None:
