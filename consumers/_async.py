@@ -20,7 +20,15 @@ import psycopg
 from kafka.errors import KafkaError
 
 from consumers._consumer import _check_bounds, _Lost, _Outcome
-from consumers._core import ConsumerBase, Failure, PartitionState, error_text, logger, make_settings
+from consumers._core import (
+    ConsumerBase,
+    Failure,
+    PartitionState,
+    error_text,
+    logger,
+    make_settings,
+    transient_kafka_error,
+)
 from consumers._records import ConsumedEvent
 from consumers.errors import ConsumerError
 from consumers.schema import DEFAULT_SCHEMA, migrate_async
@@ -209,7 +217,11 @@ class AsyncConsumer(ConsumerBase):
                 self._kafka.poll, timeout_ms=self._poll_timeout_ms(0.2), max_records=self._settings.max_batch
             )
         except KafkaError as exc:
-            raise ConsumerError(f"group {self.group}: Kafka client error: {exc}") from exc
+            if not transient_kafka_error(exc):
+                raise ConsumerError(f"group {self.group}: Kafka client error: {exc}") from exc
+            logger.warning("group %s: broker unavailable (%s); retrying", self.group, exc)
+            await asyncio.sleep(0.5)
+            return
         await self._position(self._take_rebalances())
         for state, events in self._usable(records):
             if self._states.get(state.tp) is not state:

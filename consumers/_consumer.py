@@ -22,6 +22,7 @@ from consumers._core import (
     error_text,
     logger,
     make_settings,
+    transient_kafka_error,
 )
 from consumers._records import ConsumedEvent
 from consumers.errors import ConsumerError
@@ -243,7 +244,11 @@ class Consumer(ConsumerBase):
         try:
             records = self._kafka.poll(timeout_ms=self._poll_timeout_ms(0.2), max_records=self._settings.max_batch)
         except KafkaError as exc:
-            raise ConsumerError(f"group {self.group}: Kafka client error: {exc}") from exc
+            if not transient_kafka_error(exc):
+                raise ConsumerError(f"group {self.group}: Kafka client error: {exc}") from exc
+            logger.warning("group %s: broker unavailable (%s); retrying", self.group, exc)
+            self._stopping.wait(0.5)
+            return
         self._position(self._take_rebalances())
         for state, events in self._usable(records):
             if self._states.get(state.tp) is not state:

@@ -26,6 +26,14 @@ __all__ = ["DLQ_HEADERS", "StartFrom"]
 
 logger = logging.getLogger("consumers")
 
+
+def transient_kafka_error(exc: BaseException) -> bool:
+    """A broker connection reset, a restart, a leader move: the client recovers on its own."""
+    import kafka.errors as ke
+
+    transient = (ke.KafkaConnectionError, ke.NodeNotReadyError, ke.NoBrokersAvailable, ke.KafkaTimeoutError)
+    return bool(getattr(exc, "retriable", False)) or isinstance(exc, transient)
+
 StartFrom = Literal["earliest", "latest"]
 F = TypeVar("F", bound=Callable[..., Any])
 
