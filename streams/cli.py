@@ -189,7 +189,7 @@ def add_subcommands(parser: argparse.ArgumentParser) -> None:
         "--ready-file",
         type=Path,
         default=_env("STREAMS_READY_FILE"),
-        help="write HOST:PORT to this file once listening (for scripts and tests) [STREAMS_READY_FILE]",
+        help="write the bound HOST:PORT (not the advertised one) to this file once listening [STREAMS_READY_FILE]",
     )
     s.add_argument(
         "--log-level",

@@ -95,7 +95,10 @@ async def serve(config: ServerConfig, store_config: storage.StoreConfig) -> int:
             time.monotonic() - started,
         )
         if config.ready_file is not None:
-            atomic_write(config.ready_file, f"{broker.advertised_host}:{broker.advertised_port}\n".encode())
+            # The bound address, not the advertised one: whoever started us (a script, a test harness)
+            # reaches and restarts the process there; behind a proxy or NAT the two differ.
+            bound_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            atomic_write(config.ready_file, f"{bound_host}:{bound[1]}\n".encode())
         await stop.wait()
         log.info("shutting down")
         server.close()

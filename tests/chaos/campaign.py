@@ -175,7 +175,7 @@ class Campaign:
         store_port, proxy_port = _two_free_ports()
         self.proxy = FaultProxy(proxy_port, "127.0.0.1", store_port, seed=self.seed).start()
         store_env = {"STREAMS_CRASH_POINTS": STORE_FAULT_POINTS} if cfg.crash_points else {}
-        self.store = _Store(
+        self.store = StoreProcess(
             self.work / "store-data", port=store_port, work_dir=self.work, env=store_env,
             extra_args=["--advertised-listener", self.proxy.address, "--default-partitions", str(cfg.partitions),
                         "--group-min-session-timeout-ms", "1000", "--group-initial-rebalance-delay-ms", "0",
@@ -550,18 +550,6 @@ class Campaign:
         if self.proxy is not None:
             self.proxy.close()
         self.pg.cleanup()
-
-
-class _Store(StoreProcess):
-    """The store's ready file names the *advertised* address (here the proxy's): keep the real port."""
-
-    def start(self) -> StoreProcess:
-        listen = self._listen_port = getattr(self, "_listen_port", self.port)
-        self.port = listen
-        try:
-            return super().start()
-        finally:
-            self.port = listen
 
 
 def _two_free_ports() -> tuple[int, int]:

@@ -41,7 +41,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from tests.e2e._support import dir_digest, open_fds, partition_dir, rss_kb, wait_until
 from tests.e2e._wire import NONE, WireClient, build_batch, encode_request
-from tests.support.store import StoreProcess, free_port
+from tests.support.store import StoreProcess
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -200,15 +200,13 @@ class CaptureProxy:
 def captured_frames(tmp_path_factory) -> Iterator[list[bytes]]:
     """Frames real clients (librdkafka, kafka-python) sent in a produce/consume session."""
     proxy = CaptureProxy()
-    listen_port = free_port()  # the ready file names the advertised (proxy) address, not this one
-    proxy.upstream = ("127.0.0.1", listen_port)
     store = StoreProcess(
-        port=listen_port,
         work_dir=tmp_path_factory.mktemp("capture"),
         extra_args=["--advertised-listener", f"127.0.0.1:{proxy.port}"],
     )
     try:
         store.start()
+        proxy.upstream = ("127.0.0.1", store.port)  # the ready file names the bound port, not the proxy's
         bootstrap = f"127.0.0.1:{proxy.port}"
         rk = Producer(
             {"bootstrap.servers": bootstrap, "enable.idempotence": True, "compression.type": "lz4", "linger.ms": 5}

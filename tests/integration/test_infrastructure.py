@@ -17,7 +17,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaTimeoutError
 
 from tests.conftest import StoreFactory
-from tests.support._proc import REPO_ROOT
+from tests.support._proc import REPO_ROOT, free_port
 from tests.support.kafka import (
     CONSOLE_CONSUMER,
     CONSOLE_PRODUCER,
@@ -334,3 +334,16 @@ def test_store_fixture_restarts_on_the_same_port_and_data(store_factory: StoreFa
     assert _consume(store.bootstrap, [TopicPartition("infra", 0)], 1) == [(0, b"k", b"before-restart")]
     assert store.stop() == 0
     assert "--- start #3:" in store.log_text()
+
+
+def test_store_ready_file_names_the_bound_address_not_the_advertised_one(store_factory: StoreFactory) -> None:
+    """Behind a proxy the store advertises the proxy's port; restart() must still bind its own."""
+    advertised = free_port()
+    store = store_factory(["--advertised-listener", f"127.0.0.1:{advertised}"])
+    port = store.port
+    assert port not in (0, advertised)
+    assert store.ready_file.read_text() == f"127.0.0.1:{port}\n"
+    store.restart(kill=True)
+    assert store.port == port
+    assert store.ready_file.read_text() == f"127.0.0.1:{port}\n"
+    assert store.stop() == 0

@@ -1,7 +1,8 @@
 """The project's stream store as a real subprocess (``python -m streams serve``) for tests and benches.
 
-The store announces readiness by writing ``HOST:PORT\\n`` into ``--ready-file`` (atomically) once it
-listens. With port 0 it binds an ephemeral port, which is read back from that file; ``restart()``
+The store announces readiness by writing its bound ``HOST:PORT\\n`` into ``--ready-file`` (atomically)
+once it listens; that is the address it listens on, also when ``--advertised-listener`` names another
+(a proxy's). With port 0 it binds an ephemeral port, which is read back from that file; ``restart()``
 reuses the same data dir and the same port, so clients can reconnect to the address they had.
 """
 
@@ -66,7 +67,7 @@ class StoreProcess(ManagedServer):
 
     @property
     def bootstrap(self) -> str:
-        """``HOST:PORT`` the store listens on (as it reported in the ready file)."""
+        """``HOST:PORT`` the store listens on (as it reported in the ready file; not the advertised one)."""
         if not self.port:
             raise StoreError("the store has not been started yet")
         return f"{self.host}:{self.port}"
