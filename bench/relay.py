@@ -248,6 +248,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--producer", default="auto")
+    parser.add_argument("--relay-arg", action="append", default=[], help="extra relay flag (repeatable, e.g. --relay-arg=--producer-option=linger.ms=0)")
     parser.add_argument("--writers", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--quick", action="store_true", help="100k backlog, 4 s phases")
     parser.add_argument(
@@ -277,6 +278,7 @@ def main() -> int:
                 "127.0.0.1",
                 "--producer",
                 args.producer,
+                *args.relay_arg,
                 "--log-level",
                 "INFO",
             ],
