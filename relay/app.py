@@ -84,6 +84,7 @@ class Relay:
         self._last_publish_at: datetime | None = None
         self._arm_failures = 0
         self._failures = 0
+        self._next_heartbeat = 0.0
 
     # -- control ------------------------------------------------------------------------------
 
@@ -195,15 +196,14 @@ class Relay:
 
     def _serve(self, s: _Session) -> None:
         c = self.config
-        next_rebalance = next_heartbeat = next_backlog = 0.0
+        next_rebalance = next_backlog = 0.0
+        self._next_heartbeat = 0.0
         last_work = time.monotonic()
         inflight: deque[_Batch] = deque()
         try:
             while not self.stopping:
                 now = time.monotonic()
-                if now >= next_heartbeat:
-                    self._heartbeat(s)
-                    next_heartbeat = now + c.heartbeat_interval
+                self._heartbeat_if_due(s)
                 if now >= next_backlog:
                     self._measure_backlog(s)
                     next_backlog = now + c.backlog_interval
@@ -234,7 +234,7 @@ class Relay:
                 if time.monotonic() - last_work < c.linger:
                     self._stop.wait(c.linger_step)
                     continue
-                self._sleep(s, until=min(next_rebalance, next_heartbeat))
+                self._sleep(s, until=min(next_rebalance, self._next_heartbeat))
                 last_work = time.monotonic() - c.linger  # after a sleep, go straight back to sleep if idle
         finally:
             if inflight and self.stopping and not s.conn.closed:
@@ -318,7 +318,7 @@ class Relay:
         broken = False
         while batches:
             batch = batches.pop(0)
-            result = batch.publisher.wait(batch.pending, should_stop=self._abandon)
+            result = batch.publisher.wait(batch.pending, should_stop=lambda: self._waiting(s))
             m.publish_seconds.observe(time.perf_counter() - batch.sent_at)
             m.batch_size.observe(len(batch.rows))
             rows.extend(batch.rows)
@@ -391,6 +391,18 @@ class Relay:
                 log.info("took %d bucket(s) (now %d of %d)", len(got), len(self.owned), s.settings.buckets)
         self.metrics.owned_buckets.set(len(self.owned))
         self.metrics.live_relays.set(len(holders.members | {s.pid}))
+
+    def _waiting(self, s: _Session) -> bool:
+        """Called while a batch waits for its acknowledgements (a broker outage can make that long):
+        keep the status board fresh; True when a shutdown's grace period is over."""
+        self._heartbeat_if_due(s)
+        return self._abandon()
+
+    def _heartbeat_if_due(self, s: _Session) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat_interval
+            self._heartbeat(s)
 
     def _heartbeat(self, s: _Session) -> None:
         s.conn.execute(

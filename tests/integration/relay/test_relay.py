@@ -269,3 +269,25 @@ def test_bad_flags_are_rejected_before_connecting() -> None:
         "novalue",
     )
     assert result.returncode != 0 and "KEY=VALUE" in result.stderr
+
+
+def test_heartbeat_stays_fresh_while_a_batch_waits_for_a_dead_broker(
+    outbox_url: str, store: StoreProcess, run_relay: RelayRunner
+) -> None:
+    """A broker outage blocks the batch in hand (no delivery timeout), not the relay's liveness."""
+    with run_relay(store.bootstrap, name="patient", heartbeat_interval=0.2) as relay:
+        with psycopg.connect(outbox_url) as conn, conn.transaction():
+            publish(conn, Event(topic="hb", key="k", type="t", payload=0))
+        _drained(outbox_url, relay, 1)
+        store.stop()
+        with psycopg.connect(outbox_url) as conn, conn.transaction():
+            publish(conn, Event(topic="hb", key="k", type="t", payload=1))
+        time.sleep(3)
+        with psycopg.connect(outbox_url) as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM now() - heartbeat_at) FROM outbox.events_relays WHERE name = 'patient'"
+            ).fetchone()
+        assert row is not None and float(row[0]) < 1.5, f"heartbeat is {row} s old while the broker is down"
+        assert _backlog(outbox_url) == 1  # the unacknowledged event stays
+        store.start()
+        _drained(outbox_url, relay, 2)
