@@ -117,6 +117,11 @@ class Relay:
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     self.owned = set()
                     self.metrics.owned_buckets.set(0)
+                    if self._publisher is not None:
+                        # Fencing: with the connection went the bucket locks. Drop every record not
+                        # yet on the wire; the rows are still in the table for whoever owns them now.
+                        self._publisher.close(timeout=0)
+                        self._publisher = None
                     log.warning(
                         "database connection lost or refused (%s); its bucket locks are gone. Reconnecting in %.1f s",
                         str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
