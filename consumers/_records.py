@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import inspect
 import json
 import typing
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -87,13 +88,20 @@ class ConsumedEvent:
             ) from exc
 
 
-def _text(raw: bytes | None, what: str) -> tuple[str | None, str | None]:
-    if raw is None:
-        return None, None
+_json_decode = json.JSONDecoder().decode
+_new_event = object.__new__
+_EVENT_FIELDS = tuple(f.name for f in dataclasses.fields(ConsumedEvent))
+#: The slots' own setters: building a frozen event without its ``__init__``'s per-field
+#: ``object.__setattr__`` calls (decoding runs once per record, so this is on the hot path).
+_EVENT_SETTERS = tuple(ConsumedEvent.__dict__[name].__set__ for name in _EVENT_FIELDS)
+
+
+def _parse_json(value: bytes) -> Any:
+    """``json.loads(value)``, with a fast path for the common case: UTF-8 text without a BOM."""
     try:
-        return raw.decode(), None
-    except UnicodeDecodeError:
-        return None, f"{what} is not valid UTF-8"
+        return _json_decode(value.decode())
+    except ValueError:  # not UTF-8, a BOM, UTF-16/32, or not JSON: let json.loads decide
+        return json.loads(value)
 
 
 def decode_record(
@@ -103,7 +111,7 @@ def decode_record(
     timestamp_ms: int,
     key: bytes | None,
     value: bytes | None,
-    headers: list[tuple[str, bytes | None]] | None,
+    headers: Sequence[tuple[str, bytes | None]] | None,
 ) -> ConsumedEvent:
     """Decode one record; never raises (problems are kept and raised when a handler needs the event)."""
     problems: list[str] = []
@@ -111,23 +119,24 @@ def decode_record(
     event_id_text: str | None = None
     event_type: str | None = None
     content_type: str | None = None
-    raw_headers: list[tuple[str, bytes]] = []
-    for name, raw in headers or ():
-        raw_bytes = raw if raw is not None else b""
-        raw_headers.append((name, raw_bytes))
-        text, problem = _text(raw_bytes, f"header {name!r}")
-        if problem:
-            problems.append(problem)
-            continue
-        lowered = name.lower()
-        if lowered == "event-id":
-            event_id_text = text
-        elif lowered == "event-type":
-            event_type = text
-        elif lowered == "content-type":
-            content_type = text
-        elif lowered not in RESERVED_HEADERS:
-            plain[name] = text or ""
+    raw_headers: tuple[tuple[str, bytes], ...] = ()
+    if headers:
+        raw_headers = tuple((name, raw if raw is not None else b"") for name, raw in headers)
+        for name, raw in raw_headers:
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                problems.append(f"header {name!r} is not valid UTF-8")
+                continue
+            lowered = name.lower()
+            if lowered == "event-id":
+                event_id_text = text
+            elif lowered == "event-type":
+                event_type = text
+            elif lowered == "content-type":
+                content_type = text
+            elif lowered not in RESERVED_HEADERS:
+                plain[name] = text
     if event_id_text is None:
         has_id = False
         event_id = identity_id(topic, partition, offset)
@@ -137,33 +146,43 @@ def decode_record(
             event_id = uuid.UUID(event_id_text)
         except ValueError:
             event_id = uuid.uuid5(IDENTITY_NAMESPACE, event_id_text)
-    key_text, problem = _text(key, "record key")
-    if problem:
-        problems.append(problem)
+    key_text: str | None = None
+    if key is not None:
+        try:
+            key_text = key.decode()
+        except UnicodeDecodeError:
+            problems.append("record key is not valid UTF-8")
     payload: Any = None
     if value is not None:
         try:
-            payload = json.loads(value)
+            payload = _parse_json(value)
         except ValueError as exc:
             if content_type is not None and content_type.split(";")[0].strip() == "application/json":
                 problems.append(f"record value is not the JSON its content-type promises: {exc}")
             payload = value
-    return ConsumedEvent(
-        id=event_id,
-        key=key_text,
-        type=event_type,
-        payload=payload,
-        headers=plain,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp=datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, tz=UTC),
-        has_event_id=has_id,
-        value=value,
-        raw_headers=tuple(raw_headers),
-        key_bytes=key,
-        problem=(f"record {topic}/{partition}@{offset}: " + "; ".join(problems)) if problems else None,
-    )
+    event = _new_event(ConsumedEvent)
+    for setter, field_value in zip(
+        _EVENT_SETTERS,
+        (
+            event_id,
+            key_text,
+            event_type,
+            payload,
+            plain,
+            topic,
+            partition,
+            offset,
+            datetime.fromtimestamp(max(timestamp_ms, 0) / 1000, tz=UTC),
+            has_id,
+            value,
+            raw_headers,
+            key,
+            (f"record {topic}/{partition}@{offset}: " + "; ".join(problems)) if problems else None,
+        ),
+        strict=True,
+    ):
+        setter(event, field_value)
+    return event
 
 
 @dataclass(frozen=True, slots=True)
