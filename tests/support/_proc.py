@@ -12,6 +12,7 @@ import atexit
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any, Protocol, Self
 
 __all__ = [
     "REPO_ROOT",
+    "ChildProcess",
     "ManagedServer",
     "free_port",
     "kill_on_parent_death",
@@ -67,6 +69,82 @@ class ManagedServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.cleanup()
+
+
+class ChildProcess(ManagedServer):
+    """A server started as one child process with its output in ``log_path``: the stop, kill,
+    pause and clean-up logic the store and relay launchers share.
+
+    Subclasses set ``_proc`` when they start, ``log_path``, ``work_dir`` and ``_own_work_dir``,
+    and name themselves in ``what`` and their error type in ``error``.
+    """
+
+    what = "the process"
+    error: type[Exception] = RuntimeError
+    log_path: Path
+    work_dir: Path
+    _own_work_dir: bool
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit code of the last process, None while it runs (or before the first start)."""
+        return self._proc.poll() if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; return the exit code. A process that ignores SIGTERM is killed and reported."""
+        proc = self._proc
+        if proc is None:
+            return None
+        code = terminate(proc, signal.SIGTERM, timeout)
+        if code is None:
+            terminate(proc, signal.SIGKILL, 10.0)
+            raise self.error(
+                f"{self.what} did not exit within {timeout:.0f} s of SIGTERM and was killed; "
+                f"log {self.log_path}:\n{log_tail(self.log_path)}"
+            )
+        return code
+
+    def kill(self) -> int | None:
+        """SIGKILL (a crash: no shutdown code runs); return the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        return terminate(proc, signal.SIGKILL, 10.0)
+
+    def pause(self) -> None:
+        """SIGSTOP: frozen, sockets open (a stalled process, not a dead one)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
+    def cleanup(self) -> None:
+        """Stop the process if it runs (killing it if need be) and remove an owned work dir."""
+        try:
+            if self.is_running():
+                self.resume()
+                self.stop()
+        finally:
+            self.kill()
+            if self._own_work_dir:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def log_text(self) -> str:
+        """The whole log so far (every start)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support._proc import REPO_ROOT, ManagedServer, log_tail, popen, register_for_cleanup, terminate
+from tests.support._proc import REPO_ROOT, ChildProcess, log_tail, popen, register_for_cleanup
 
 __all__ = ["RelayError", "RelayProcess"]
 
@@ -27,7 +25,10 @@ class RelayError(RuntimeError):
     """The relay did not start or stop as expected; the message carries its log."""
 
 
-class RelayProcess(ManagedServer):
+class RelayProcess(ChildProcess):
+    what = "the relay"
+    error = RelayError
+
     def __init__(
         self,
         database_url: str,
@@ -69,17 +70,6 @@ class RelayProcess(ManagedServer):
             *self.extra_args,
         ]
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.poll() if self._proc is not None else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self, *, wait: bool = True) -> RelayProcess:
         if self.is_running():
             raise RelayError(f"relay {self.name} is already running")
@@ -113,45 +103,8 @@ class RelayProcess(ManagedServer):
             time.sleep(0.02)
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM and wait; a relay that ignores it is killed and reported."""
-        proc = self._proc
-        if proc is None:
-            return None
-        code = terminate(proc, signal.SIGTERM, timeout)
-        if code is None:
-            terminate(proc, signal.SIGKILL, 10.0)
-            raise RelayError(f"relay {self.name} ignored SIGTERM for {timeout:.0f} s:\n{log_tail(self.log_path)}")
-        return code
-
-    def kill(self) -> int | None:
-        proc = self._proc
-        if proc is None:
-            return None
-        return terminate(proc, signal.SIGKILL, 10.0)
-
-    def pause(self) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGCONT)
-
-    def cleanup(self) -> None:
-        try:
-            if self.is_running():
-                self.resume()
-                self.stop()
-        finally:
-            self.kill()
-            if self._own_work_dir:
-                shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        """SIGTERM: the relay gives the batch in hand 10 s (its shutdown grace) before abandoning it."""
+        return super().stop(timeout)
 
     def __repr__(self) -> str:
         return f"<RelayProcess {self.name} running={self.is_running()}>"

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support._proc import REPO_ROOT, ManagedServer, free_port, log_tail, popen, register_for_cleanup, terminate
+from tests.support._proc import REPO_ROOT, ChildProcess, free_port, log_tail, popen, register_for_cleanup
 
 __all__ = ["StoreError", "StoreProcess", "free_port"]
 
@@ -30,12 +28,15 @@ class StoreError(RuntimeError):
     """The store did not start or stop as expected; the message carries its log."""
 
 
-class StoreProcess(ManagedServer):
+class StoreProcess(ChildProcess):
     """One ``python -m streams serve`` process.
 
     ``data_dir`` is created if missing. The ready file and the log (appended across restarts)
     live in ``work_dir`` (default: a fresh temp dir, removed by ``cleanup()``).
     """
+
+    what = "the store"
+    error = StoreError
 
     def __init__(
         self,
@@ -71,18 +72,6 @@ class StoreProcess(ManagedServer):
         if not self.port:
             raise StoreError("the store has not been started yet")
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        """Exit code of the last process, None while it runs (or before the first start)."""
-        return self._proc.poll() if self._proc is not None else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def command(self) -> list[str]:
         """The command line the next ``start()`` runs."""
@@ -168,27 +157,6 @@ class StoreProcess(ManagedServer):
             raise StoreError(f"ready file {self.ready_file} holds {text!r}, expected 'HOST:PORT\\n'")
         return address
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM and wait; return the exit code. A store that ignores SIGTERM is killed and reported."""
-        proc = self._proc
-        if proc is None:
-            return None
-        code = terminate(proc, signal.SIGTERM, timeout)
-        if code is None:
-            terminate(proc, signal.SIGKILL, 10.0)
-            raise StoreError(
-                f"the store did not exit within {timeout:.0f} s of SIGTERM and was killed; "
-                f"log {self.log_path}:\n{log_tail(self.log_path)}"
-            )
-        return code
-
-    def kill(self) -> int | None:
-        """SIGKILL (a crash: no shutdown code runs); return the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        return terminate(proc, signal.SIGKILL, 10.0)
-
     def restart(self, *, kill: bool = False) -> StoreProcess:
         """Stop (or kill) and start again on the same data dir and the same port."""
         if kill:
@@ -196,23 +164,6 @@ class StoreProcess(ManagedServer):
         else:
             self.stop()
         return self.start()
-
-    def cleanup(self) -> None:
-        """Stop the process if it runs (killing it if need be) and remove an owned work dir."""
-        try:
-            if self.is_running():
-                self.stop()
-        finally:
-            self.kill()
-            if self._own_work_dir:
-                shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def log_text(self) -> str:
-        """The whole log so far (every start), for assertions on what the store said."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
     def __repr__(self) -> str:
         return f"<StoreProcess {self.host}:{self.port} data={self.data_dir} running={self.is_running()}>"
