@@ -1,7 +1,8 @@
 """The asyncio twin: :class:`AsyncConsumer` (async handlers, psycopg ``AsyncConnection``).
 
-kafka-python's client is blocking: ``poll()`` and other network calls run in a worker thread
-(``asyncio.to_thread``), one at a time; its heartbeats run on its own IO thread. Database work and
+Both Kafka clients (``client="kafka-python"`` or ``"confluent"``) are blocking: ``poll()`` and other
+network calls run in a worker thread (``asyncio.to_thread``), one at a time; heartbeats run on the
+client's own threads. Database work and
 handlers run on the event loop.
 """
 
@@ -75,6 +76,7 @@ class AsyncConsumer(ConsumerBase):
         metrics_host: str = "127.0.0.1",
         client_id: str | None = None,
         kafka_config: dict[str, Any] | None = None,
+        client: str = "kafka-python",
     ) -> None:
         super().__init__(
             make_settings(
@@ -100,6 +102,7 @@ class AsyncConsumer(ConsumerBase):
                 metrics_host=metrics_host,
                 client_id=client_id,
                 kafka_config=kafka_config,
+                client=client,
             )
         )
         self._conn: psycopg.AsyncConnection[Any] | None = None

@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
+from consumers._clients import CLIENTS, CONFLUENT_RESERVED, ConfluentClient, confluent_config
 from consumers._metrics import ConsumerMetrics, MetricsServer, MetricsSnapshot
 from consumers._records import ConsumedEvent, HandlerSpec, handler_spec
 from consumers.errors import ConsumerError
@@ -97,6 +98,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     client_id: str | None = None
     kafka_config: tuple[tuple[str, Any], ...] = ()
+    client: str = "kafka-python"
 
 
 def make_settings(
@@ -123,6 +125,7 @@ def make_settings(
     metrics_host: str,
     client_id: str | None,
     kafka_config: dict[str, Any] | None,
+    client: str = "kafka-python",
 ) -> Settings:
     """Check every option once, with messages that say what to pass instead."""
     if not isinstance(group, str) or not group:
@@ -167,7 +170,11 @@ def make_settings(
     if not isinstance(database_url, str) or not database_url:
         raise ConsumerError("database_url must be a libpq URL or conninfo string of the consumer's database")
     ConsumerTables(schema)  # validates the name
+    if client not in CLIENTS:
+        raise ConsumerError(f"client must be one of {', '.join(map(repr, CLIENTS))}, got {client!r}")
     reserved = {"group_id", "enable_auto_commit", "auto_offset_reset", "bootstrap_servers"}
+    if client == "confluent":
+        reserved = set(CONFLUENT_RESERVED)
     extra = dict(kafka_config or {})
     clash = sorted(reserved & set(extra))
     if clash:
@@ -195,6 +202,7 @@ def make_settings(
         metrics_host=metrics_host,
         client_id=client_id,
         kafka_config=tuple(extra.items()),
+        client=client,
     )
 
 
@@ -335,6 +343,8 @@ class ConsumerBase:
 
     def _new_kafka_consumer(self) -> Any:
         s = self._settings
+        if s.client == "confluent":
+            return self._new_confluent_consumer()
         config: dict[str, Any] = {
             "bootstrap_servers": s.bootstrap_servers,
             "group_id": s.group,
@@ -355,6 +365,25 @@ class ConsumerBase:
                 f"cannot connect to the brokers at {s.bootstrap_servers!r}: {exc} (check bootstrap_servers and that "
                 "the store or Kafka is running)"
             ) from exc
+        self._kafka = consumer
+        consumer.subscribe(list(s.topics), listener=_Listener(self))
+        return consumer
+
+    def _new_confluent_consumer(self) -> Any:
+        s = self._settings
+        config = confluent_config(
+            bootstrap_servers=s.bootstrap_servers,
+            group=s.group,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            client_id=s.client_id,
+            extra=dict(s.kafka_config),
+        )
+        try:
+            consumer = ConfluentClient(config)
+        except Exception as exc:
+            raise ConsumerError(f"cannot create the confluent-kafka consumer for {s.bootstrap_servers!r}: {exc}") from exc
         self._kafka = consumer
         consumer.subscribe(list(s.topics), listener=_Listener(self))
         return consumer
@@ -460,11 +489,15 @@ class ConsumerBase:
             state = self._states.get(tp)
             if state is None or not state.positioned or state.retry_at is not None:
                 continue
-            events = [
-                decode_record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, r.headers)
-                for r in recs
-                if r.offset >= state.expected
-            ]
+            expected = state.expected
+            if self._settings.client == "confluent":  # (topic, partition, offset, ...) tuples
+                events = [decode_record(*r) for r in recs if r[2] >= expected]
+            else:
+                events = [
+                    decode_record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, r.headers)
+                    for r in recs
+                    if r.offset >= expected
+                ]
             if events:
                 out.append((state, events))
         return out

@@ -83,9 +83,11 @@ class Member:
             return self.proc.wait()
 
 
+@pytest.mark.parametrize("clients", ["kafka-python", "mixed"])
 def test_kill_9_members_at_random_points_every_effect_exactly_once_in_key_order(
-    target: Target, database_url: str, rng: random.Random, tmp_path: Path
+    clients: str, target: Target, database_url: str, rng: random.Random, tmp_path: Path
 ) -> None:
+    """``mixed``: the sync member uses the confluent-kafka client, the async one kafka-python (one group)."""
     topic = f"orders-{uuid.uuid4().hex[:8]}"
     create_topic(target.bootstrap, topic, 4)
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -97,7 +99,8 @@ def test_kill_9_members_at_random_points_every_effect_exactly_once_in_key_order(
         "--group", f"g-{topic}", "--session-timeout-ms", str(target.session_timeout_ms),
         "--die-in-handler", "0.004", "--die-after-commit", "0.08", "--max-batch", "40",
     ]  # fmt: skip
-    members = [Member("a-sync", "sync", common, tmp_path), Member("b-async", "async", common, tmp_path)]
+    first_client = ["--client", "confluent"] if clients == "mixed" else []
+    members = [Member("a-sync", "sync", [*common, *first_client], tmp_path), Member("b-async", "async", common, tmp_path)]
 
     # Events flow while members die: chunks with pauses, and ~10% re-sent later (relay duplicates).
     produced_dups: list[uuid.UUID] = []

@@ -37,6 +37,7 @@ def main() -> int:
     p.add_argument("--group", required=True)
     p.add_argument("--member", required=True)
     p.add_argument("--mode", choices=("sync", "async"), default="sync")
+    p.add_argument("--client", choices=("kafka-python", "confluent"), default="kafka-python")
     p.add_argument("--session-timeout-ms", type=int, default=6000)
     p.add_argument("--die-in-handler", type=float, default=0.0)
     p.add_argument("--die-after-commit", type=float, default=0.0)
@@ -75,6 +76,7 @@ def main() -> int:
         "retry_backoff_max": 0.2,
         "max_batch": args.max_batch,
         "client_id": args.member,
+        "client": args.client,
     }
     if args.mode == "sync":
         consumer = after_commit_hook(Consumer)(**common)

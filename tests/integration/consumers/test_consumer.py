@@ -24,10 +24,17 @@ from tests.support.waiting import wait_until
 INSERT = "INSERT INTO effects (event_id, key, n) VALUES (%s, %s, %s)"
 
 Check = Callable[[ConsumedEvent], None]
+#: Both consumers, each with both Kafka clients.
+MODES = ["sync", "async", "sync-confluent", "async-confluent"]
 
 
 def consumer_for(mode: str, check: Check | None = None, **options: Any) -> Consumer | AsyncConsumer:
-    """A consumer whose catch-all handler writes one effect row, then calls ``check`` (which may raise)."""
+    """A consumer whose catch-all handler writes one effect row, then calls ``check`` (which may raise).
+
+    ``mode`` is ``sync`` or ``async``, with ``-confluent`` for the confluent-kafka client."""
+    mode, _, client = mode.partition("-")
+    if client:
+        options["client"] = client
     def n_of(event: ConsumedEvent) -> int | None:
         return event.payload.get("n") if isinstance(event.payload, dict) else None
 
@@ -66,7 +73,7 @@ def _scalar(url: str, query: str, *params: Any) -> Any:
     return None if row is None else row[0]
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 def test_duplicates_have_one_effect_and_replay_from_zero_adds_none(
     mode: str, target: Target, effects_url: str, topic: str, start: Callable[..., Running]
 ) -> None:
@@ -100,7 +107,7 @@ def test_duplicates_have_one_effect_and_replay_from_zero_adds_none(
     assert again.consumer.metrics().processed == 0
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 def test_poison_event_goes_to_the_dead_letter_topic_while_others_flow_then_replays_once(
     mode: str, target: Target, effects_url: str, topic: str, start: Callable[..., Running], tmp_path: Any
 ) -> None:
@@ -170,8 +177,9 @@ def test_dlq_list_cli(store_target: Target, effects_url: str, topic: str, start:
     assert "no record 0:7" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["sync", "sync-confluent"])
 def test_attempt_count_survives_a_restart(
-    store_target: Target, effects_url: str, topic: str, start: Callable[..., Running]
+    mode: str, store_target: Target, effects_url: str, topic: str, start: Callable[..., Running]
 ) -> None:
     produce(store_target.bootstrap, topic, make_events(topic, ["k"], 1))
 
@@ -179,25 +187,26 @@ def test_attempt_count_survives_a_restart(
         raise RuntimeError("still broken")
 
     opts = options(store_target, effects_url, topic, max_attempts=3, retry_backoff=0.3, retry_backoff_max=0.3)
-    first = start(consumer_for("sync", always, **opts))
+    first = start(consumer_for(mode, always, **opts))
     wait_until(lambda: first.consumer.metrics().failed >= 2, "two failed attempts")
     first.stop()
     assert first.consumer.metrics().dead_lettered == 0
     stored = int(_scalar(effects_url, "SELECT attempts FROM outbox.consumer_failures"))
     assert stored == first.consumer.metrics().failed
-    second = start(consumer_for("sync", always, **opts))
+    second = start(consumer_for(mode, always, **opts))
     wait_until(lambda: second.consumer.metrics().dead_lettered == 1, "dead-lettered after the remaining attempts")
     second.stop()
     assert second.consumer.metrics().failed == 3 - stored
     assert effects(effects_url) == []
 
 
+@pytest.mark.parametrize("mode", ["sync", "sync-confluent"])
 def test_a_member_whose_partition_moved_cannot_commit(
-    store_target: Target, effects_url: str, topic: str, start: Callable[..., Running]
+    mode: str, store_target: Target, effects_url: str, topic: str, start: Callable[..., Running]
 ) -> None:
     """The offset compare-and-set: another member moved the stored offset; this one rolls back and follows."""
     create_topic(store_target.bootstrap, topic, 1)
-    running = start(consumer_for("sync", **options(store_target, effects_url, topic)))
+    running = start(consumer_for(mode, **options(store_target, effects_url, topic)))
     group = f"g-{topic}"
     wait_until(lambda: _scalar(effects_url, "SELECT count(*) FROM outbox.consumer_offsets WHERE group_id = %s", group),
                "the partition's offset row")  # fmt: skip
@@ -259,12 +268,13 @@ def test_typed_handlers_get_validated_events_and_bad_payloads_are_failed_attempt
     assert [n for _, _, n in effects(effects_url)] == [0, 1]
 
 
+@pytest.mark.parametrize("mode", ["sync", "async-confluent"])
 def test_start_from_latest_skips_what_came_before(
-    store_target: Target, effects_url: str, topic: str, start: Callable[..., Running]
+    mode: str, store_target: Target, effects_url: str, topic: str, start: Callable[..., Running]
 ) -> None:
     create_topic(store_target.bootstrap, topic, 1)
     produce(store_target.bootstrap, topic, make_events(topic, ["old"], 3))
-    running = start(consumer_for("sync", **options(store_target, effects_url, topic, start_from="latest")))
+    running = start(consumer_for(mode, **options(store_target, effects_url, topic, start_from="latest")))
     wait_until(lambda: _scalar(effects_url, "SELECT next_offset FROM outbox.consumer_offsets") == 3, "pinned at 3")
     produce(store_target.bootstrap, topic, make_events(topic, ["new"], 2))
     wait_until(lambda: len(effects(effects_url)) == 2, "the new events")

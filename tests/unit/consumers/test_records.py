@@ -95,12 +95,29 @@ def test_handler_inspection_and_registration_errors() -> None:
         ({"max_attempts": 0}, "max_attempts must be an int >= 1"),
         ({"dead_letter_topic": "dead"}, "must contain '\\{topic\\}'"),
         ({"kafka_config": {"enable_auto_commit": True}}, "kafka_config may not set"),
+        ({"client": "aiokafka"}, "client must be one of 'kafka-python', 'confluent'"),
+        ({"client": "confluent", "kafka_config": {"group.id": "x"}}, "kafka_config may not set \\['group.id'\\]"),
     ],
 )
 def test_options_are_checked_with_actionable_messages(kwargs: dict[str, Any], message: str) -> None:
     base: dict[str, Any] = {"group": "g", "topics": ["t"], "bootstrap_servers": "h:1", "database_url": "postgresql://x"}
     with pytest.raises(ConsumerError, match=message):
         Consumer(**{**base, **kwargs})
+
+
+def test_confluent_records_decode_like_kafka_python_ones() -> None:
+    """The confluent backend hands decode_record its arguments as a tuple; headers may be a list of tuples."""
+    from consumers._clients import confluent_config
+
+    event = Event(topic="orders", key="k", type="order.placed", payload={"n": 1})
+    raw = ("orders", 0, 3, 1000, b"k", event.payload_json(), _relay_headers(event))
+    got = decode_record(*raw)
+    assert (got.id, got.type, got.payload, got.offset) == (event.id, "order.placed", {"n": 1}, 3)
+    config = confluent_config(bootstrap_servers=("a:1", "b:2"), group="g", session_timeout_ms=6000,
+                              heartbeat_interval_ms=500, max_poll_interval_ms=60000, client_id=None,
+                              extra={"security.protocol": "ssl"})  # fmt: skip
+    assert config["bootstrap.servers"] == "a:1,b:2" and config["enable.auto.commit"] is False
+    assert config["security.protocol"] == "ssl"
 
 
 def test_prometheus_text() -> None:
