@@ -30,7 +30,8 @@ test: lint
 
 # Randomized fault campaign (tests/chaos): CHAOS_SECONDS (default 600), CHAOS_SEED (default random,
 # printed; the same seed replays the same fault schedule). Ends with the checker's table; exits 1 on
-# any violation. CHAOS_ARGS passes more flags (e.g. --fault 'kill -9 store' -v).
+# any violation. CHAOS_ARGS passes more flags (e.g. --fault 'kill -9 store' -v). CHAOS_ARGS=--kafka-cluster
+# runs the same campaign against a 3-node Apache Kafka cluster (RF 3, min ISR 2), killing partition leaders.
 chaos: $(STAMP)
 	$(PY) -m tests.chaos $(if $(CHAOS_SECONDS),--seconds $(CHAOS_SECONDS)) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) $(CHAOS_ARGS)
 

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fault", action="append", dest="faults", help="only this fault (repeatable); see campaign.py")
     p.add_argument("--no-crash-points", action="store_true", help="do not arm the named crash/fault points")
     p.add_argument("--clock-jumps", action="store_true", help="libfaketime forward clock jumps (experimental)")
+    p.add_argument("--kafka-cluster", action="store_true",
+                   help="a 3-node Apache Kafka cluster (RF 3, min ISR 2) instead of the store; leader kills")  # fmt: skip
     p.add_argument("--work-dir", type=Path, help="keep logs and data here (default: a temp dir)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CampaignConfig(
         seconds=args.seconds, seed=args.seed, rate=args.rate, faults=args.faults,
         crash_points=not args.no_crash_points, work_dir=args.work_dir, clock_jumps=args.clock_jumps,
+        kafka_cluster=args.kafka_cluster,
     )  # fmt: skip
     _, result = run_campaign(cfg)
     return 1 if result.violations else 0

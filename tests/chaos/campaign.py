@@ -1,5 +1,10 @@
 """A randomized fault campaign: writers -> outbox -> 2 relays -> fault proxy -> store -> 2 consumers.
 
+With ``--kafka-cluster`` the relays and consumers talk to a three-node Apache Kafka cluster on
+loopback instead (KRaft, replication factor 3, min.insync.replicas 2; tests/support/kafka_cluster.py):
+no proxy and no store faults; the partition leader is killed (-9) or shut down and restarted, and
+brokers are paused (SIGSTOP), one broker fault at a time, while writers commit.
+
 Everything is a real process (PostgreSQL, the store, relays, consumer workers); the fault proxy,
 the writers, the auditor, the offset monitor and the fault scheduler are threads of this process.
 A seeded PRNG picks the faults, their targets, their timing and the writers' choices: the printed
@@ -42,6 +47,7 @@ from tests.chaos.history import (
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.worker import EFFECTS_DDL
 from tests.support._proc import REPO_ROOT
+from tests.support.kafka_cluster import KafkaCluster, KafkaNode
 from tests.support.postgres import PostgresServer
 from tests.support.relay import RelayProcess
 from tests.support.store import StoreProcess
@@ -70,6 +76,7 @@ class CampaignConfig:
     fault_gap: tuple[float, float] = (0.5, 3.0)
     crash_points: bool = True
     clock_jumps: bool = False  # libfaketime preload for relays/consumers (see Campaign._clock_env)
+    kafka_cluster: bool = False  # a 3-node Apache Kafka cluster instead of the store behind the proxy
     work_dir: Path | None = None
     quiesce_timeout: float = 240.0
     faults: list[str] | None = None  # restrict to these fault names
@@ -151,6 +158,8 @@ class Campaign:
         self.pg = PostgresServer(use_env=False)
         self.proxy: FaultProxy | None = None
         self.store: StoreProcess | None = None
+        self.cluster: KafkaCluster | None = None
+        self.broker_lock = threading.Lock()  # one broker fault at a time: RF 3 / min ISR 2 tolerate one
         self.relays: list[RelayProcess] = []
         self.members: list[Member] = []
         self.locks: dict[str, threading.Lock] = {}
@@ -172,28 +181,37 @@ class Campaign:
         prepare_app_db(self.app_dsn, self.keys)
         with psycopg.connect(self.consumer_dsn, autocommit=True) as conn:
             conn.execute(EFFECTS_DDL)
-        store_port, proxy_port = _two_free_ports()
-        self.proxy = FaultProxy(proxy_port, "127.0.0.1", store_port, seed=self.seed).start()
-        store_env = {"STREAMS_CRASH_POINTS": STORE_FAULT_POINTS} if cfg.crash_points else {}
-        self.store = StoreProcess(
-            self.work / "store-data", port=store_port, work_dir=self.work, env=store_env,
-            extra_args=["--advertised-listener", self.proxy.address, "--default-partitions", str(cfg.partitions),
-                        "--group-min-session-timeout-ms", "1000", "--group-initial-rebalance-delay-ms", "0",
-                        "--segment-bytes", str(256 * 1024), "--idle-timeout", "30"],
-        )  # fmt: skip
-        self.store.start()
-        self._create_topic()
+        if cfg.kafka_cluster:
+            # Consumers ask for 3 s sessions (Kafka's group.min.session.timeout.ms is 6 s by default).
+            props = {"group.min.session.timeout.ms": "1000"}
+            self.cluster = KafkaCluster(base_dir=self.work, keep=True, heap="384m", server_properties=props)
+            self.cluster.start()
+            self.cluster.create_topic(self.topic, cfg.partitions)
+            bootstrap = self.cluster.bootstrap
+        else:
+            store_port, proxy_port = _two_free_ports()
+            self.proxy = FaultProxy(proxy_port, "127.0.0.1", store_port, seed=self.seed).start()
+            store_env = {"STREAMS_CRASH_POINTS": STORE_FAULT_POINTS} if cfg.crash_points else {}
+            self.store = StoreProcess(
+                self.work / "store-data", port=store_port, work_dir=self.work, env=store_env,
+                extra_args=["--advertised-listener", self.proxy.address, "--default-partitions", str(cfg.partitions),
+                            "--group-min-session-timeout-ms", "1000", "--group-initial-rebalance-delay-ms", "0",
+                            "--segment-bytes", str(256 * 1024), "--idle-timeout", "30"],
+            )  # fmt: skip
+            self.store.start()
+            self._create_topic()
+            bootstrap = self.proxy.address
         relay_env = {"OUTBOX_CRASH_POINTS": RELAY_CRASH_POINTS} if cfg.crash_points else {}
         for i in range(cfg.relays):
             r = RelayProcess(
-                self.app_dsn, self.proxy.address, name=f"relay-{i + 1}", work_dir=self.work,
+                self.app_dsn, bootstrap, name=f"relay-{i + 1}", work_dir=self.work,
                 env={**relay_env, **self._clock_env(f"relay-{i + 1}")},
                 extra_args=["--poll-interval-ms", "500"],
             )  # fmt: skip
             r.start(wait=False)
             self.relays.append(r)
         consumer_env = {"OUTBOX_CRASH_POINTS": CONSUMER_CRASH_POINTS} if cfg.crash_points else {}
-        common = ["--bootstrap", self.proxy.address, "--database-url", self.consumer_dsn, "--topic", self.topic,
+        common = ["--bootstrap", bootstrap, "--database-url", self.consumer_dsn, "--topic", self.topic,
                   "--group", self.group, "--session-timeout-ms", "3000"]  # fmt: skip
         for i in range(cfg.consumers):
             name = f"consumer-{i + 1}"
@@ -206,7 +224,7 @@ class Campaign:
         self.writers = Writers(
             self.app_dsn, self.topic, self.keys, self.history, n=cfg.writers, seed=self.seed, rate=cfg.rate
         )
-        self.auditor = Auditor(self.proxy.address, self.topic, self.history, interval=20.0)
+        self.auditor = Auditor(bootstrap, self.topic, self.history, interval=20.0)
         self.monitor = OffsetMonitor(self.consumer_dsn, self.group, self.history)
 
     def _clock_env(self, name: str) -> dict[str, str]:
@@ -245,7 +263,9 @@ class Campaign:
             admin.close()
 
     def _components(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"store": self.store}
+        out: dict[str, Any] = {"store": self.store} if self.cluster is None else {}
+        if self.cluster is not None:
+            out.update({n.name: n for n in self.cluster.nodes.values()})
         out.update({r.name: r for r in self.relays})
         out.update({m.name: m for m in self.members})
         return out
@@ -286,6 +306,10 @@ class Campaign:
             comp.start()
             self._store_log_seen = len(self.store.log_text()) if self.store else 0
             return
+        if isinstance(comp, KafkaNode):
+            self._unexpected(name, code)
+            comp.start()
+            return
         if code == -signal.SIGKILL:
             self.history.note_fault(f"crashpoint {name.split('-', maxsplit=1)[0]}")
         else:
@@ -313,6 +337,8 @@ class Campaign:
     # -- faults -------------------------------------------------------------------------------
 
     def fault_table(self) -> dict[str, tuple[float, Callable[[], None]]]:
+        if self.cluster is not None:
+            return self.cluster_fault_table()
         return {
             "kill -9 relay": (3, self._kill_relay),
             "SIGSTOP relay": (2, self._pause(lambda: self.rng.choice(self.relays))),
@@ -328,6 +354,73 @@ class Campaign:
             "proxy cut mid-frame": (2, self._proxy_cut),
             "clock jump forward (libfaketime)": (1 if self.clock_files else 0, self._clock_jump),
         }
+
+    def cluster_fault_table(self) -> dict[str, tuple[float, Callable[[], None]]]:
+        return {
+            "kill -9 relay": (2, self._kill_relay),
+            "SIGSTOP relay": (1, self._pause(lambda: self.rng.choice(self.relays))),
+            "kill -9 consumer": (2, self._kill_consumer),
+            "SIGSTOP consumer": (1, self._pause(lambda: self.rng.choice(self.members))),
+            "PostgreSQL restart fast": (0.5, lambda: self._pg_restart("fast")),
+            "PostgreSQL restart immediate": (0.5, lambda: self._pg_restart("immediate")),
+            "kill -9 partition leader": (5, lambda: self._broker_down(graceful=False)),
+            "SIGTERM partition leader (controlled shutdown)": (1, lambda: self._broker_down(graceful=True)),
+            "SIGSTOP broker": (2, self._pause_broker),
+            "clock jump forward (libfaketime)": (1 if self.clock_files else 0, self._clock_jump),
+        }
+
+    def _leader_node(self) -> KafkaNode:
+        """The node leading a random partition of the topic (a random running node if none answers)."""
+        assert self.cluster is not None
+        partition = self.rng.randrange(self.cfg.partitions)
+        leader = self.cluster.leader(self.topic, partition)
+        node = self.cluster.nodes.get(leader) if leader is not None else None
+        if node is None or not node.is_running():
+            node = self.rng.choice([n for n in self.cluster.nodes.values() if n.is_running()])
+        with self.history.lock:
+            self.history.fault_log.append(f"{time.strftime('%H:%M:%S')}   leader of {partition}: {node.name}")
+        return node
+
+    def _after_broker_fault(self) -> None:
+        """Back to full replication before the next broker fault (else a second one is an outage)."""
+        assert self.cluster is not None
+        if not self.cluster.wait_fully_replicated([self.topic, "__consumer_offsets"], timeout=120.0):
+            logger.warning("partitions still under-replicated 120 s after a broker fault")
+            self.history.note_fault("(cluster under-replicated 120 s after a broker fault)")
+
+    def _broker_down(self, *, graceful: bool) -> None:
+        with self.broker_lock:
+            node = self._leader_node()
+
+            def act() -> None:
+                if graceful:
+                    node.stop(30.0)
+                else:
+                    node.kill()
+                self._sleep(0, 3)
+                try:
+                    node.start()
+                except Exception as exc:
+                    self.recovery_failures.append(f"{node.name} restart: {exc}"[:300])
+                    raise
+
+            self._hold_down(node.name, act)
+            self._after_broker_fault()
+
+    def _pause_broker(self) -> None:
+        assert self.cluster is not None
+        with self.broker_lock:
+            node = self.rng.choice([n for n in self.cluster.nodes.values() if n.is_running()])
+
+            def act() -> None:
+                node.pause()
+                try:
+                    self._sleep(1, 10)
+                finally:
+                    node.resume()
+
+            self._hold_down(node.name, act)
+            self._after_broker_fault()
 
     def _sleep(self, a: float, b: float) -> None:
         self._stop.wait(self.rng.uniform(a, b))
@@ -464,6 +557,9 @@ class Campaign:
                 pid = comp.pid
                 if pid and comp.is_running():
                     os.kill(pid, signal.SIGCONT)
+        if self.cluster is not None:
+            for node in self.cluster.nodes.values():
+                node.resume()
         if not self.pg.is_running():
             self.pg.start()
 
@@ -485,7 +581,10 @@ class Campaign:
 
     def run(self) -> CheckResult:
         cfg = self.cfg
-        print(f"[chaos] seed {self.seed}  (reproduce: CHAOS_SEED={self.seed} CHAOS_SECONDS={cfg.seconds:g} make chaos)")
+        extra = " CHAOS_ARGS=--kafka-cluster" if cfg.kafka_cluster else ""
+        print(
+            f"[chaos] seed {self.seed}  (reproduce: CHAOS_SEED={self.seed} CHAOS_SECONDS={cfg.seconds:g}{extra} make chaos)"
+        )
         print(f"[chaos] work dir {self.work}", flush=True)
         self.setup()
         supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
@@ -525,9 +624,12 @@ class Campaign:
         result.stats["duration s"] = round(time.monotonic() - started)
         result.stats["auditor passes"] = self.auditor.passes
         result.stats["writer errors (connections lost)"] = self.writers.errors
-        result.stats["proxy connections/resets/cuts"] = (
-            f"{self.proxy.connections}/{self.proxy.resets}/{self.proxy.cuts}" if self.proxy else ""
-        )
+        if self.proxy is not None:
+            result.stats["proxy connections/resets/cuts"] = (
+                f"{self.proxy.connections}/{self.proxy.resets}/{self.proxy.cuts}"
+            )
+        if self.cluster is not None:
+            result.stats["Kafka node starts"] = {n.name: n.starts for n in self.cluster.nodes.values()}
         result.stats["unexpected exits (restarted)"] = dict(self.unexpected_exits)
         result.stats["faults"] = dict(sorted(self.history.faults.items()))
         return result
@@ -549,6 +651,8 @@ class Campaign:
                 self.store.kill()
         if self.proxy is not None:
             self.proxy.close()
+        if self.cluster is not None:
+            self.cluster.cleanup()  # keep=True: the node logs stay in the work dir
         self.pg.cleanup()
 
 
