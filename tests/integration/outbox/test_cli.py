@@ -23,7 +23,7 @@ def test_db_migrate_reads_the_url_from_the_environment(
     monkeypatch.setenv("OUTBOX_DATABASE_URL", database_url)
     monkeypatch.setenv("OUTBOX_SCHEMA", "app_outbox")
     assert main(["db", "migrate", "--only", "outbox"]) == 0
-    assert capsys.readouterr().out == "app_outbox.events: applied migration(s) 0001, 0002, 0003\n"
+    assert capsys.readouterr().out == "app_outbox.events: applied migration(s) 0001, 0002, 0003, 0004\n"
     assert main(["db", "migrate", "--only", "outbox", "--table", "events"]) == 0
     assert capsys.readouterr().out == "app_outbox.events: up to date\n"
     assert main(["db", "migrate", "--buckets", "3"]) == 1

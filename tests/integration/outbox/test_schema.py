@@ -139,7 +139,7 @@ def test_concurrent_migrations_threads_and_processes(database_url: str) -> None:
     assert [p.returncode for p in procs] == [0] * 4, outputs
     assert not [r for r in results if isinstance(r, BaseException)], results
     applied_by_threads = [r for r in results if r]
-    applied_by_procs = [out for out, _ in outputs if "applied migration(s) 0001, 0002, 0003" in out]
+    applied_by_procs = [out for out, _ in outputs if "applied migration(s) 0001, 0002, 0003, 0004" in out]
     assert len(applied_by_threads) + len(applied_by_procs) == 1  # exactly one run did the work
     assert sum("up to date" in out for out, _ in outputs) == 4 - len(applied_by_procs)
     assert [v for v, _, _ in catalog(database_url, "outbox", "events")["migrations"]] == [m.version for m in sql_files.migrations()]
