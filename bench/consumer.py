@@ -16,6 +16,9 @@ format on the built-in store (``--fsync always``), PostgreSQL with ``synchronous
 Prints figures; asserts nothing about time. A throw-away PostgreSQL cluster and store are started.
 
     python bench/consumer.py [--events 20000] [--partitions 4] [--rate 500] [--seconds 10]
+                             [--clients kafka-python,confluent]
+
+Each figure is measured for each Kafka client of the SDK (``client=``), back to back.
 """
 
 from __future__ import annotations
@@ -60,9 +63,9 @@ def produce(bootstrap: str, topic: str, evs: list[Event]) -> None:
     p.close()
 
 
-def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int) -> float:
-    c = Consumer(group=f"eo-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
-                 heartbeat_interval_ms=1000)  # fmt: skip
+def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int, client: str) -> float:
+    c = Consumer(group=f"eo-{client}-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
+                 heartbeat_interval_ms=1000, client=client)  # fmt: skip
 
     @c.handler("bench.event")
     def handle(event: ConsumedEvent, conn: psycopg.Connection[Any]) -> None:
@@ -82,33 +85,68 @@ def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int) -> float:
     return (count - first) / elapsed
 
 
-def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int) -> float:
-    kc = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"alo-{topic}", enable_auto_commit=False,
-                       auto_offset_reset="earliest", max_poll_records=500)  # fmt: skip
+def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: str) -> float:
+    """The same handler per record, one transaction per polled partition batch, no bookkeeping."""
+    from consumers._records import decode_record
+
+    group = f"alo-{client}-{topic}"
+    if client == "confluent":
+        from confluent_kafka import Consumer as CKConsumer
+
+        ck = CKConsumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})  # fmt: skip
+        ck.subscribe([topic])
+
+        def poll() -> dict[Any, list[tuple[Any, ...]]]:
+            first = ck.poll(0.5)
+            if first is None:
+                return {}
+            out: dict[Any, list[tuple[Any, ...]]] = {}
+            for m in [first, *ck.consume(499, 0)]:
+                if m.error() is None:
+                    out.setdefault(m.partition(), []).append(
+                        (m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), m.headers())
+                    )
+            return out
+
+        def commit() -> None:
+            ck.commit(asynchronous=False)
+
+        close = ck.close
+    else:
+        kc = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                           auto_offset_reset="earliest", max_poll_records=500)  # fmt: skip
+
+        def poll() -> dict[Any, list[tuple[Any, ...]]]:
+            return {
+                tp: [(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, r.headers) for r in records]
+                for tp, records in kc.poll(timeout_ms=500).items()
+            }
+
+        commit = kc.commit
+        close = kc.close
     done = 0
     started = 0.0
     first = 0
     with psycopg.connect(dsn) as conn:
         while done < count:
-            batches = kc.poll(timeout_ms=500)
+            batches = poll()
             for records in batches.values():
                 with conn.pipeline(), conn.transaction():
                     for r in records:
-                        from consumers._records import decode_record
-
-                        e = decode_record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, r.headers)
+                        e = decode_record(*r)
                         conn.execute(INSERT, (e.id, e.key, e.payload["n"]))
                 done += len(records)
                 if not started:
                     started, first = time.perf_counter(), done
             if batches:
-                kc.commit()
+                commit()
     elapsed = time.perf_counter() - started
-    kc.close()
+    close()
     return (count - first) / elapsed
 
 
-def run_latency(bootstrap: str, dsn: str, topic: str, rate: int, seconds: float, pad: int) -> list[float]:
+def run_latency(bootstrap: str, dsn: str, topic: str, rate: int, seconds: float, pad: int, client: str) -> list[float]:
     latencies: list[float] = []
     pending: list[float] = []
 
@@ -119,8 +157,8 @@ def run_latency(bootstrap: str, dsn: str, topic: str, rate: int, seconds: float,
             latencies.extend(now - created for created in pending)
             pending.clear()
 
-    c = Timed(group=f"lat-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
-              start_from="latest", heartbeat_interval_ms=1000)  # fmt: skip
+    c = Timed(group=f"lat-{client}-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
+              start_from="latest", heartbeat_interval_ms=1000, client=client)  # fmt: skip
 
     @c.handler("bench.event")
     def handle(event: ConsumedEvent, conn: psycopg.Connection[Any]) -> None:
@@ -176,7 +214,9 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--clients", default="kafka-python,confluent", help="comma-separated: kafka-python, confluent")
     args = parser.parse_args()
+    clients = [c for c in args.clients.split(",") if c]
 
     from tests.support.postgres import PostgresServer
     from tests.support.store import StoreProcess
@@ -192,27 +232,32 @@ def main() -> int:
         sample = events("t", 1, 0)[0]
         pad = max(1024 - len(sample.payload_json()) - 14, 0)
         print(f"1 KiB events: value {len(events('t', 1, pad)[0].payload_json())} bytes, {args.partitions} partitions")
-        eo, alo = [], []
+        eo: dict[str, list[float]] = {c: [] for c in clients}
+        alo: dict[str, list[float]] = {c: [] for c in clients}
         for r in range(args.rounds):
             topic = f"bench-{uuid.uuid4().hex[:8]}"
             create_topic(store.bootstrap, topic, args.partitions)
             produce(store.bootstrap, topic, events(topic, args.events, pad))
-            eo.append(run_exactly_once(store.bootstrap, dsn, topic, args.events))
-            alo.append(run_at_least_once(store.bootstrap, dsn, topic, args.events))
-            print(f"round {r + 1}: exactly-once {eo[-1]:,.0f} events/s, at-least-once {alo[-1]:,.0f} events/s")
-        m_eo, m_alo = statistics.median(eo), statistics.median(alo)
-        print(f"exactly-once   {m_eo:>10,.0f} events/s (median of {args.rounds})")
-        print(f"at-least-once  {m_alo:>10,.0f} events/s (median of {args.rounds})")
-        print(f"bookkeeping costs {100 * (1 - m_eo / m_alo):.1f}% of the at-least-once figure")
-        topic = f"lat-{uuid.uuid4().hex[:8]}"
-        create_topic(store.bootstrap, topic, args.partitions)
-        lat = run_latency(store.bootstrap, dsn, topic, args.rate, args.seconds, pad)
-        if lat:
-            print(
-                f"latency at {args.rate}/s, record created -> handler's transaction committed: "
-                f"p50 {pct(lat, 0.5) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f} ms, max {max(lat) * 1000:.1f} ms "
-                f"({len(lat)} events)"
-            )
+            for client in clients:  # back to back on the same records, each in its own groups
+                eo[client].append(run_exactly_once(store.bootstrap, dsn, topic, args.events, client))
+                alo[client].append(run_at_least_once(store.bootstrap, dsn, topic, args.events, client))
+                print(f"round {r + 1} {client:>12}: exactly-once {eo[client][-1]:,.0f} events/s, "
+                      f"at-least-once {alo[client][-1]:,.0f} events/s", flush=True)  # fmt: skip
+        for client in clients:
+            m_eo, m_alo = statistics.median(eo[client]), statistics.median(alo[client])
+            print(f"{client:>12}: exactly-once {m_eo:>8,.0f} events/s, at-least-once {m_alo:>8,.0f} events/s "
+                  f"(median of {args.rounds}); bookkeeping costs {100 * (1 - m_eo / m_alo):.1f}%")  # fmt: skip
+        for client in clients:
+            topic = f"lat-{uuid.uuid4().hex[:8]}"
+            create_topic(store.bootstrap, topic, args.partitions)
+            lat = run_latency(store.bootstrap, dsn, topic, args.rate, args.seconds, pad, client)
+            if lat:
+                print(
+                    f"{client:>12}: latency at {args.rate}/s, record created -> handler's transaction committed: "
+                    f"p50 {pct(lat, 0.5) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f} ms, "
+                    f"max {max(lat) * 1000:.1f} ms ({len(lat)} events)",
+                    flush=True,
+                )
     finally:
         store.cleanup()
         pg.cleanup()
