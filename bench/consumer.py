@@ -63,7 +63,8 @@ def produce(bootstrap: str, topic: str, evs: list[Event]) -> None:
     p.close()
 
 
-def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int, client: str) -> float:
+def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int, client: str) -> tuple[float, float]:
+    """Events/s and this process's CPU microseconds per event (all its threads: robust to a busy machine)."""
     c = Consumer(group=f"eo-{client}-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
                  heartbeat_interval_ms=1000, client=client)  # fmt: skip
 
@@ -75,17 +76,17 @@ def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int, client: s
     thread.start()
     while c.metrics().processed == 0:
         time.sleep(0.005)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     first = c.metrics().processed
     while c.metrics().processed < count:
         time.sleep(0.005)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     c.stop()
     thread.join()
-    return (count - first) / elapsed
+    return (count - first) / elapsed, cpu / (count - first) * 1e6
 
 
-def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: str) -> float:
+def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: str) -> tuple[float, float]:
     """The same handler per record, one transaction per polled partition batch, no bookkeeping."""
     from consumers._records import decode_record
 
@@ -126,7 +127,7 @@ def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: 
         commit = kc.commit
         close = kc.close
     done = 0
-    started = 0.0
+    started = cpu = 0.0
     first = 0
     with psycopg.connect(dsn) as conn:
         while done < count:
@@ -138,12 +139,12 @@ def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: 
                         conn.execute(INSERT, (e.id, e.key, e.payload["n"]))
                 done += len(records)
                 if not started:
-                    started, first = time.perf_counter(), done
+                    started, cpu, first = time.perf_counter(), time.process_time(), done
             if batches:
                 commit()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     close()
-    return (count - first) / elapsed
+    return (count - first) / elapsed, cpu / (count - first) * 1e6
 
 
 def run_latency(bootstrap: str, dsn: str, topic: str, rate: int, seconds: float, pad: int, client: str) -> list[float]:
@@ -232,8 +233,8 @@ def main() -> int:
         sample = events("t", 1, 0)[0]
         pad = max(1024 - len(sample.payload_json()) - 14, 0)
         print(f"1 KiB events: value {len(events('t', 1, pad)[0].payload_json())} bytes, {args.partitions} partitions")
-        eo: dict[str, list[float]] = {c: [] for c in clients}
-        alo: dict[str, list[float]] = {c: [] for c in clients}
+        eo: dict[str, list[tuple[float, float]]] = {c: [] for c in clients}
+        alo: dict[str, list[tuple[float, float]]] = {c: [] for c in clients}
         for r in range(args.rounds):
             topic = f"bench-{uuid.uuid4().hex[:8]}"
             create_topic(store.bootstrap, topic, args.partitions)
@@ -241,12 +242,15 @@ def main() -> int:
             for client in clients:  # back to back on the same records, each in its own groups
                 eo[client].append(run_exactly_once(store.bootstrap, dsn, topic, args.events, client))
                 alo[client].append(run_at_least_once(store.bootstrap, dsn, topic, args.events, client))
-                print(f"round {r + 1} {client:>12}: exactly-once {eo[client][-1]:,.0f} events/s, "
-                      f"at-least-once {alo[client][-1]:,.0f} events/s", flush=True)  # fmt: skip
+                (e_rate, e_cpu), (a_rate, a_cpu) = eo[client][-1], alo[client][-1]
+                print(f"round {r + 1} {client:>12}: exactly-once {e_rate:,.0f} events/s ({e_cpu:.0f} us CPU/event), "
+                      f"at-least-once {a_rate:,.0f} events/s ({a_cpu:.0f} us CPU/event)", flush=True)  # fmt: skip
         for client in clients:
-            m_eo, m_alo = statistics.median(eo[client]), statistics.median(alo[client])
+            m_eo, m_alo = (statistics.median(r for r, _ in eo[client]), statistics.median(r for r, _ in alo[client]))
+            c_eo, c_alo = (statistics.median(c for _, c in eo[client]), statistics.median(c for _, c in alo[client]))
             print(f"{client:>12}: exactly-once {m_eo:>8,.0f} events/s, at-least-once {m_alo:>8,.0f} events/s "
-                  f"(median of {args.rounds}); bookkeeping costs {100 * (1 - m_eo / m_alo):.1f}%")  # fmt: skip
+                  f"(median of {args.rounds}); bookkeeping costs {100 * (1 - m_eo / m_alo):.1f}%; consumer CPU "
+                  f"{c_eo:.0f} vs {c_alo:.0f} us/event (1e6 / that = one core's ceiling)")  # fmt: skip
         for client in clients:
             topic = f"lat-{uuid.uuid4().hex[:8]}"
             create_topic(store.bootstrap, topic, args.partitions)
