@@ -176,6 +176,11 @@ def make_settings(
     if client == "confluent":
         reserved = set(CONFLUENT_RESERVED)
     extra = dict(kafka_config or {})
+    if client == "confluent" and "cooperative" in str(extra.get("partition.assignment.strategy", "")):
+        raise ConsumerError(
+            "client='confluent' supports the eager assignors only (range, roundrobin): new partitions are taken "
+            "paused until seeked to the database's offsets"
+        )
     clash = sorted(reserved & set(extra))
     if clash:
         raise ConsumerError(f"kafka_config may not set {clash}: the SDK manages them (use the Consumer's arguments)")

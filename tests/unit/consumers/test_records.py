@@ -97,6 +97,7 @@ def test_handler_inspection_and_registration_errors() -> None:
         ({"kafka_config": {"enable_auto_commit": True}}, "kafka_config may not set"),
         ({"client": "aiokafka"}, "client must be one of 'kafka-python', 'confluent'"),
         ({"client": "confluent", "kafka_config": {"group.id": "x"}}, "kafka_config may not set \\['group.id'\\]"),
+        ({"client": "confluent", "kafka_config": {"partition.assignment.strategy": "cooperative-sticky"}}, "eager"),
     ],
 )
 def test_options_are_checked_with_actionable_messages(kwargs: dict[str, Any], message: str) -> None:
