@@ -32,7 +32,7 @@ def transient_kafka_error(exc: BaseException) -> bool:
     """A broker connection reset, a restart, a leader move: the client recovers on its own."""
     import kafka.errors as ke
 
-    transient = (ke.KafkaConnectionError, ke.NodeNotReadyError, ke.NoBrokersAvailable, ke.KafkaTimeoutError)
+    transient = (ke.KafkaConnectionError, ke.NodeNotReadyError, ke.KafkaTimeoutError)
     return bool(getattr(exc, "retriable", False)) or isinstance(exc, transient)
 
 StartFrom = Literal["earliest", "latest"]

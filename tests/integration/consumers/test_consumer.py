@@ -35,6 +35,7 @@ def consumer_for(mode: str, check: Check | None = None, **options: Any) -> Consu
     mode, _, client = mode.partition("-")
     if client:
         options["client"] = client
+
     def n_of(event: ConsumedEvent) -> int | None:
         return event.payload.get("n") if isinstance(event.payload, dict) else None
 
@@ -115,7 +116,9 @@ def test_poison_event_goes_to_the_dead_letter_topic_while_others_flow_then_repla
     before = make_events(topic, ["a", "b", "bad"], 3)
     poison = Event(topic=topic, key="bad", type="thing.happened", payload={"key": "bad", "n": 99})
     after = make_events(topic, ["a", "b"], 3)
-    after = [Event(topic=topic, key=e.key, type=e.type, payload={"key": e.key, "n": 10 + e.payload["n"]}) for e in after]
+    after = [
+        Event(topic=topic, key=e.key, type=e.type, payload={"key": e.key, "n": 10 + e.payload["n"]}) for e in after
+    ]
     produce(target.bootstrap, topic, [*before, poison, *after])
     fixed = {"yes": False}
 
@@ -354,3 +357,23 @@ def test_printed_sql_builds_what_migrate_builds(postgres: Any) -> None:
     finally:
         for n in names:
             postgres.drop_database(n)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_store_restart_does_not_end_the_consumer(
+    mode: str, store: Any, effects_url: str, topic: str, start: Callable[..., Running]
+) -> None:
+    """A store killed and restarted under a running consumer: it reconnects and goes on."""
+    target = Target("store", store.bootstrap)
+    create_topic(target.bootstrap, topic, 1)
+    first = make_events(topic, ["k"], 5)
+    produce(target.bootstrap, topic, first)
+    running = start(consumer_for(mode, **options(target, effects_url, topic)))
+    wait_until(lambda: len(effects(effects_url)) >= 5, "the first five effects")
+    store.restart(kill=True)
+    second = make_events(topic, ["k"], 5)
+    produce(target.bootstrap, topic, second)
+    wait_until(lambda: len(effects(effects_url)) >= 10, "the five produced after the restart", timeout=60)
+    assert running.thread.is_alive() and running.error is None, running.error
+    running.stop()
+    assert sorted(e[0] for e in effects(effects_url)) == sorted(e.id for e in first + second)
