@@ -207,7 +207,6 @@ def kafka_python_member(bootstrap: str, group: str, topic: str, client_id: str =
     """kafka-python 3: KafkaConsumer(group_id=...), poll(), commit() per batch."""
     member = Member(client_id)
     consumer = KafkaConsumer(
-        topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         client_id=client_id,
@@ -219,6 +218,11 @@ def kafka_python_member(bootstrap: str, group: str, topic: str, client_id: str =
         max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
         request_timeout_ms=30_000,
     )
+    # Subscribe only once this client's metadata knows the topic's partitions: as the group's
+    # leader, kafka-python would otherwise compute an assignment without them ("No partition
+    # metadata for topic") and, on Kafka right after CreateTopics, the group settled without them.
+    wait_until(lambda: consumer.partitions_for_topic(topic), f"kafka-python's metadata for {topic}", timeout=TIMEOUT)
+    consumer.subscribe([topic])
 
     def run() -> None:
         from kafka.errors import CommitFailedError, RebalanceInProgressError
