@@ -21,22 +21,11 @@ from psycopg.pq import TransactionStatus
 
 from consumers import sql as sql_files
 from consumers.errors import ConsumerError, MigrationError
+from outbox.sql import MIGRATIONS_TABLE, RECORD_MIGRATION
 
 __all__ = ["DEFAULT_SCHEMA", "ConsumerTables", "migrate", "migrate_async", "sql_text"]
 
 DEFAULT_SCHEMA = "outbox"
-
-_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations} (
-    version integer PRIMARY KEY,
-    name text NOT NULL,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)"""
-
-_RECORD = (
-    "INSERT INTO {migrations} (version, name, checksum) VALUES ({version}, {name}, {checksum}) "
-    "ON CONFLICT (version) DO NOTHING"
-)
 
 
 @dataclass(frozen=True)
@@ -100,14 +89,14 @@ def sql_text(*, schema: str = DEFAULT_SCHEMA) -> str:
         "",
         tables.render("CREATE SCHEMA IF NOT EXISTS {schema}") + ";",
         "",
-        tables.render(_MIGRATIONS_TABLE) + ";",
+        tables.render(MIGRATIONS_TABLE) + ";",
     ]
     for migration, text, checksum in _rendered(tables):
         parts += [
             "",
             text.rstrip(),
             "",
-            tables.render(_RECORD, version=migration.version, name=migration.name, checksum=checksum) + ";",
+            tables.render(RECORD_MIGRATION, version=migration.version, name=migration.name, checksum=checksum) + ";",
         ]
     return "\n".join(parts) + "\n"
 
@@ -157,12 +146,12 @@ def migrate(conn: psycopg.Connection[Any], *, schema: str = DEFAULT_SCHEMA) -> l
         cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (tables.migration_lock,))
         cur.execute(tables.render("CREATE SCHEMA IF NOT EXISTS {schema}").encode())
-        cur.execute(tables.render(_MIGRATIONS_TABLE).encode())
+        cur.execute(tables.render(MIGRATIONS_TABLE).encode())
         cur.execute(tables.render("SELECT version, checksum FROM {migrations}").encode())
         applied = {int(v): str(c) for v, c in cur.fetchall()}
         for migration, text, checksum in _plan(tables, applied):
             cur.execute(text.encode())
-            record = tables.render(_RECORD, version=migration.version, name=migration.name, checksum=checksum)
+            record = tables.render(RECORD_MIGRATION, version=migration.version, name=migration.name, checksum=checksum)
             cur.execute(record.encode())
             done.append(migration.version)
     return done
@@ -178,12 +167,12 @@ async def migrate_async(conn: psycopg.AsyncConnection[Any], *, schema: str = DEF
         await cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         await cur.execute("SELECT pg_advisory_xact_lock(%s)", (tables.migration_lock,))
         await cur.execute(tables.render("CREATE SCHEMA IF NOT EXISTS {schema}").encode())
-        await cur.execute(tables.render(_MIGRATIONS_TABLE).encode())
+        await cur.execute(tables.render(MIGRATIONS_TABLE).encode())
         await cur.execute(tables.render("SELECT version, checksum FROM {migrations}").encode())
         applied = {int(v): str(c) for v, c in await cur.fetchall()}
         for migration, text, checksum in _plan(tables, applied):
             await cur.execute(text.encode())
-            record = tables.render(_RECORD, version=migration.version, name=migration.name, checksum=checksum)
+            record = tables.render(RECORD_MIGRATION, version=migration.version, name=migration.name, checksum=checksum)
             await cur.execute(record.encode())
             done.append(migration.version)
     return done

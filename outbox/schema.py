@@ -26,15 +26,6 @@ __all__ = ["OutboxSettings", "grant", "migrate", "read_settings", "sql_text"]
 
 _SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
 
-_MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations} (
-    version integer PRIMARY KEY,
-    name text NOT NULL,
-    checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)"""
-
-_RECORD = "INSERT INTO {migrations} (version, name, checksum) VALUES ({version}, {name}, {checksum}) ON CONFLICT (version) DO NOTHING"
-
 
 @dataclass(frozen=True)
 class OutboxSettings:
@@ -80,14 +71,17 @@ def sql_text(*, schema: str = DEFAULT_SCHEMA, table: str = DEFAULT_TABLE, bucket
         "",
         _bookkeeping(target, _SCHEMA) + ";",
         "",
-        _bookkeeping(target, _MIGRATIONS_TABLE) + ";",
+        _bookkeeping(target, sql_files.MIGRATIONS_TABLE) + ";",
     ]
     for migration, text, checksum in _rendered(target, buckets):
         parts += [
             "",
             text.rstrip(),
             "",
-            _bookkeeping(target, _RECORD, version=migration.version, name=migration.name, checksum=checksum) + ";",
+            _bookkeeping(
+                target, sql_files.RECORD_MIGRATION, version=migration.version, name=migration.name, checksum=checksum
+            )
+            + ";",
         ]
     return "\n".join(parts) + "\n"
 
@@ -124,7 +118,7 @@ def migrate(
         cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (target.migration_lock,))
         cur.execute(_bookkeeping(target, _SCHEMA).encode())
-        cur.execute(_bookkeeping(target, _MIGRATIONS_TABLE).encode())
+        cur.execute(_bookkeeping(target, sql_files.MIGRATIONS_TABLE).encode())
         cur.execute(
             sql.SQL("SELECT version, checksum FROM {} ORDER BY version").format(target.placeholders()["migrations"])
         )
@@ -151,7 +145,11 @@ def migrate(
             cur.execute(text.encode())
             cur.execute(
                 _bookkeeping(
-                    target, _RECORD, version=migration.version, name=migration.name, checksum=checksum
+                    target,
+                    sql_files.RECORD_MIGRATION,
+                    version=migration.version,
+                    name=migration.name,
+                    checksum=checksum,
                 ).encode()
             )
             applied_now.append(migration.version)

@@ -11,7 +11,29 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-__all__ = ["Migration", "load_migrations", "load_queries", "migrations", "queries"]
+__all__ = [
+    "MIGRATIONS_TABLE",
+    "RECORD_MIGRATION",
+    "Migration",
+    "load_migrations",
+    "load_queries",
+    "migrations",
+    "queries",
+]
+
+# The bookkeeping every migration set keeps: one row per applied version, with a checksum of the
+# SQL it ran ({migrations}, {version}, {name}, {checksum} are filled in by the caller).
+MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS {migrations} (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+RECORD_MIGRATION = (
+    "INSERT INTO {migrations} (version, name, checksum) VALUES ({version}, {name}, {checksum}) "
+    "ON CONFLICT (version) DO NOTHING"
+)
 
 _MIGRATION_NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 _QUERY_HEADER = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
