@@ -60,7 +60,6 @@ class RoundResult:
     """Per record of a round: ``None`` if acknowledged, else why not; ``broken``: make a new producer."""
 
     errors: list[str | None]
-    partitions: list[int]
     broken: bool = False
 
     @property
@@ -74,18 +73,16 @@ _NOT_SENT = "not acknowledged: the round was abandoned (shutdown)"
 class Pending:
     """The outcomes of one sent batch, filled in by the producer's delivery reports."""
 
-    __slots__ = ("errors", "partitions", "remaining")
+    __slots__ = ("errors", "remaining")
 
     def __init__(self, n: int) -> None:
         self.errors: list[str | None] = [_NOT_SENT] * n
-        self.partitions = [-1] * n
         self.remaining = n
 
     def delivered(self, index: int, err: Any, msg: Any) -> None:
         """librdkafka's on_delivery callback (bound with functools.partial)."""
         if err is None:
             self.errors[index] = None
-            self.partitions[index] = msg.partition()
         else:
             self.errors[index] = str(err)
         self.remaining -= 1
@@ -194,7 +191,7 @@ class ConfluentPublisher:
                 if self._fatal:
                     producer.poll(0.5)  # collect the failures the fatal error causes
                 break
-        return RoundResult(pending.errors, pending.partitions, broken=self._fatal is not None)
+        return RoundResult(pending.errors, broken=self._fatal is not None)
 
     def close(self, timeout: float) -> None:
         remaining = self._producer.flush(timeout)
@@ -283,11 +280,10 @@ class KafkaPythonPublisher:
                 break
             if future.succeeded():
                 pending.errors[i] = None
-                pending.partitions[i] = future.value.partition
             else:
                 pending.errors[i] = str(future.exception)
                 self._broken = True
-        return RoundResult(pending.errors, pending.partitions, broken=self._broken)
+        return RoundResult(pending.errors, broken=self._broken)
 
     def close(self, timeout: float) -> None:
         self._producer.close(timeout=timeout)
