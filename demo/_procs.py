@@ -23,7 +23,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["Child", "DemoError", "Postgres", "find_postgres_bin_dir", "free_port", "log_tail", "start_store"]
+__all__ = [
+    "Child",
+    "DemoError",
+    "Postgres",
+    "find_postgres_bin_dir",
+    "free_port",
+    "kill_on_parent_death",
+    "log_tail",
+    "start_store",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,21 +41,28 @@ class DemoError(RuntimeError):
     """Something the demo needs did not start or work; the message says what and where the log is."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
-def log_tail(path: Path, max_bytes: int = 4000) -> str:
+def log_tail(path: Path, max_bytes: int = 8000) -> str:
+    """The end of a log file, for error messages."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
     except FileNotFoundError:
-        return "(no log)"
-    return data[-max_bytes:].decode(errors="replace")
+        return "(no log file)"
+    text = data.decode("utf-8", errors="replace")
+    return "...\n" + text if size > max_bytes else text
 
 
-def _load_prctl() -> Callable[[], None] | None:
+def _load_prctl() -> Callable[[int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -57,13 +73,24 @@ def _load_prctl() -> Callable[[], None] | None:
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
 
-    def die_with_parent() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    def call(option: int, value: int) -> int:
+        return int(prctl(option, value))
 
-    return die_with_parent
+    return call
 
 
-_die_with_parent = _load_prctl()
+_prctl = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def kill_on_parent_death() -> None:
+    """``preexec_fn``: have the kernel SIGKILL this child when the spawning thread dies.
+
+    Runs after ``user=``/``group=`` took effect in the child (CPython does setreuid before
+    preexec_fn), which matters because a credential change clears the setting.
+    """
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Child:
@@ -106,7 +133,7 @@ class Child:
                 "start_new_session": True,
             }
             kwargs.update(self.popen_kwargs)
-            self.proc = subprocess.Popen(self.cmd, preexec_fn=_die_with_parent, **kwargs)  # noqa: PLW1509
+            self.proc = subprocess.Popen(self.cmd, preexec_fn=kill_on_parent_death, **kwargs)  # noqa: PLW1509
         return self
 
     @property

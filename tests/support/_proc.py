@@ -9,14 +9,11 @@ through ``stop()`` and, as a backstop, an atexit hook that kills every server st
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -24,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
+
+from demo._procs import free_port, kill_on_parent_death, log_tail
 
 __all__ = [
     "REPO_ROOT",
@@ -42,8 +41,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-_PR_SET_PDEATHSIG = 1
 
 
 class ManagedServer:
@@ -147,43 +144,6 @@ class ChildProcess(ManagedServer):
             return ""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that was free a moment ago (the OS picks it; a race is possible but rare)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _load_prctl() -> Callable[[int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-
-    def call(option: int, value: int) -> int:
-        return int(prctl(option, value))
-
-    return call
-
-
-_prctl = _load_prctl()
-
-
-def kill_on_parent_death() -> None:
-    """``preexec_fn``: have the kernel SIGKILL this child when the spawning thread dies.
-
-    Runs after ``user=``/``group=`` took effect in the child (CPython does setreuid before
-    preexec_fn), which matters because a credential change clears the setting.
-    """
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class _Stoppable(Protocol):
     def kill(self) -> object: ...
 
@@ -232,22 +192,6 @@ def wait_for_port(host: str, port: int, timeout: float) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
-
-
-def log_tail(path: Path, max_bytes: int = 8000) -> str:
-    """The end of a log file, for error messages (empty text if the file does not exist)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except FileNotFoundError:
-        return "(no log file)"
-    text = data.decode("utf-8", errors="replace")
-    if size > max_bytes:
-        text = "...\n" + text
-    return text
 
 
 def _death_hook() -> Callable[[], None] | None:
