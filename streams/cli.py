@@ -225,6 +225,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("outbox streams serve: --segment-bytes must be below 2 GiB", file=sys.stderr)
         return 2
     _faults.arm(os.environ.get("STREAMS_CRASH_POINTS"))
+    _faults.arm_ledger(os.environ.get("STREAMS_WRITE_LEDGER"), args.data_dir)  # tests/chaos/powercut.py
     host, port = args.listen
     adv_host, adv_port = args.advertised_listener or (None, None)
     config = ServerConfig(

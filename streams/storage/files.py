@@ -6,6 +6,9 @@
 * ``fsync_dir``: a new, renamed or deleted directory entry is durable only after this.
 * ``pwrite_all`` / ``pread_exact``: unbuffered positional I/O that handles short transfers, so
   callers know exactly which bytes reached the file (no hidden Python buffer).
+* ``fsync`` / ``fdatasync`` / ``truncate`` / ``replace``: the system calls, plus a note to the
+  test-only write ledger (``streams._faults.ledger``) when one is armed, so a simulated power cut
+  knows what was durable. Every write, sync, truncate and rename of the store goes through here.
 * ``DataDirLock``: an exclusive ``flock`` on ``meta/.lock``. flock locks belong to the open file
   description, so a second Store in the *same* process is refused too, and the kernel drops the
   lock when the process dies (no stale lock after kill -9).
@@ -19,16 +22,22 @@ import os
 import secrets
 from pathlib import Path
 
+from streams import _faults
+
 from .errors import DataDirLockedError
 
 __all__ = [
     "TEMP_SUFFIX",
     "DataDirLock",
     "atomic_write",
+    "fdatasync",
+    "fsync",
     "fsync_dir",
     "pread_exact",
     "pwrite_all",
     "remove_temp_files",
+    "replace",
+    "truncate",
 ]
 
 log = logging.getLogger(__name__)
@@ -36,17 +45,55 @@ log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".tmp"
 
 
+def fsync(fd: int) -> None:
+    """``os.fsync``, noted in the write ledger when one is armed."""
+    ledger = _faults.ledger
+    if ledger is None:
+        os.fsync(fd)
+        return
+    sync_id = ledger.sync_begin(fd)
+    os.fsync(fd)
+    ledger.sync_end(sync_id)
+
+
+def fdatasync(fd: int) -> None:
+    """``os.fdatasync``, noted in the write ledger when one is armed."""
+    ledger = _faults.ledger
+    if ledger is None:
+        os.fdatasync(fd)
+        return
+    sync_id = ledger.sync_begin(fd)
+    os.fdatasync(fd)
+    ledger.sync_end(sync_id)
+
+
+def truncate(fd: int, size: int) -> None:
+    """``os.ftruncate``, noted in the write ledger when one is armed."""
+    os.ftruncate(fd, size)
+    if _faults.ledger is not None:
+        _faults.ledger.truncate(fd, size)
+
+
+def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """``os.replace``; durable only after ``fsync_dir`` of the directory."""
+    if _faults.ledger is not None:
+        _faults.ledger.rename(src, dst)
+    os.replace(src, dst)
+
+
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make entries created, renamed or removed in directory ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, position: int) -> None:
     """Write all of ``data`` at ``position``; loops because ``pwrite`` may write less."""
+    if _faults.ledger is not None:
+        _faults.ledger.write(fd, position, len(data))
     view = memoryview(data)
     try:
         while view:
@@ -87,13 +134,13 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         pwrite_all(fd, data, 0)
-        os.fsync(fd)
+        fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, target)
+    replace(tmp, target)
     fsync_dir(target.parent)
 
 
@@ -125,7 +172,7 @@ class DataDirLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
+        truncate(fd, 0)
         pwrite_all(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 

@@ -31,7 +31,7 @@ from streams.protocol.records import BatchHeader, InvalidBatch, parse_header, pa
 
 from .config import TopicConfig
 from .errors import OffsetOutOfRangeError, RecordTooLargeError
-from .files import fsync_dir, pread_exact
+from .files import fdatasync, fsync, fsync_dir, pread_exact
 from .producers import ProducerState
 from .recovery import recover_partition
 from .segment import INT32_MAX, HeaderReader, Segment
@@ -118,9 +118,9 @@ class SyncTicket:
         try:
             for fd in self._fds:
                 failpoint("storage.fsync_eio", errno.EIO)
-                os.fdatasync(fd)
+                fdatasync(fd)
             if self._dir_fd is not None:
-                os.fsync(self._dir_fd)
+                fsync(self._dir_fd)
         except OSError as exc:
             raise FatalStorageError(
                 f"fsync of partition {self.name} failed ({exc}); acknowledged durability can no longer "

@@ -73,7 +73,18 @@ import crc32c
 from streams.errors import CorruptLogError, FatalStorageError, StorageError
 
 from .errors import DataDirLockedError
-from .files import TEMP_SUFFIX, atomic_write, fsync_dir, pread_exact, pwrite_all, remove_temp_files
+from .files import (
+    TEMP_SUFFIX,
+    atomic_write,
+    fdatasync,
+    fsync,
+    fsync_dir,
+    pread_exact,
+    pwrite_all,
+    remove_temp_files,
+    replace,
+    truncate,
+)
 
 __all__ = [
     "CommittedOffset",
@@ -265,7 +276,7 @@ class _Switch:
         """Rename and fsync the directory; the caller has fdatasynced the temp file."""
         with self._lock:
             if not self.done:
-                os.replace(self.tmp, self.final)
+                replace(self.tmp, self.final)
                 fsync_dir(self.final.parent)
                 self.done = True
 
@@ -289,7 +300,7 @@ class OffsetSyncTicket:
         dirty pages, so a retry could "succeed" without the data ever reaching disk.
         """
         try:
-            os.fdatasync(self._fd)
+            fdatasync(self._fd)
             if self._switch is not None:
                 self._switch.complete()
         except OSError as exc:
@@ -460,8 +471,8 @@ class OffsetStore:
                 reason,
             )
             try:
-                os.ftruncate(self._fd, pos)
-                os.fsync(self._fd)
+                truncate(self._fd, pos)
+                fsync(self._fd)
             except OSError as exc:
                 raise StorageError(f"cannot truncate the torn tail of {self.path} ({exc}); check the disk") from exc
         self._size = pos
@@ -522,7 +533,7 @@ class OffsetStore:
             return
         self._open = False
         try:
-            os.fdatasync(self._fd)
+            fdatasync(self._fd)
             if self._switch is not None:
                 self._switch.complete()
                 self._switch = None
@@ -756,7 +767,7 @@ class OffsetStore:
             pwrite_all(self._fd, frame, self._size)
         except OSError as exc:
             try:
-                os.ftruncate(self._fd, self._size)
+                truncate(self._fd, self._size)
             except OSError as undo:
                 raise FatalStorageError(
                     f"cannot write to {self.path} ({exc}) nor undo the partial write ({undo}); "

@@ -24,7 +24,7 @@ from streams._faults import crashpoint, failpoint
 from streams.errors import FatalStorageError
 from streams.protocol.records import HEADER_SIZE, BatchHeader, InvalidBatch, parse_header
 
-from .files import pread_exact, pwrite_all
+from .files import pread_exact, pwrite_all, truncate
 from .index import OffsetIndex, TimeIndex
 
 __all__ = ["INT32_MAX", "HeaderReader", "Segment", "segment_name"]
@@ -192,7 +192,7 @@ class Segment:
             pwrite_all(self.fd, batch, position)
         except OSError:
             try:
-                os.ftruncate(self.fd, position)
+                truncate(self.fd, position)
             except OSError as exc:
                 raise FatalStorageError(
                     f"cannot undo a failed write to {self.log_path} ({exc}); the store must restart "
@@ -209,7 +209,7 @@ class Segment:
 
     def truncate(self, position: int) -> None:
         """Cut the ``.log`` at ``position`` (recovery only; indexes are rebuilt afterwards)."""
-        os.ftruncate(self.fd, position)
+        truncate(self.fd, position)
         self.size = position
 
     def find_batch(self, offset: int, end: int) -> tuple[int, BatchHeader]:
