@@ -37,7 +37,7 @@ import crc32c
 
 from streams.protocol.records import LOG_OVERHEAD, BatchHeader, InvalidBatch, validate_batch
 
-from .files import fsync_dir
+from .files import fdatasync, fsync, fsync_dir
 from .producers import ProducerState
 from .segment import HeaderReader, Segment
 
@@ -304,7 +304,12 @@ def recover_partition(
         start = min(start, segments[-1].next_offset)
         for seg in verified:
             if seg in segments:
-                os.fdatasync(seg.fd)  # what a consumer may now see must be durable
+                fdatasync(seg.fd)  # what a consumer may now see must be durable
+        if verified:
+            # ...and so must the segments' names: a crash before the sync that follows a roll
+            # leaves a segment whose directory entry only the page cache knows, and a power cut
+            # would forget it after consumers read it (and the checkpoint covered it).
+            fsync_dir(directory)
         for i, seg in enumerate(segments):
             seg.finish_open(active=i == len(segments) - 1)
     except BaseException:
@@ -331,7 +336,7 @@ def _truncate_tail(directory: Path, segments: list[Segment], bases: list[int], b
     else:
         dropped += seg.size - bad.position
         seg.truncate(bad.position)
-        os.fsync(seg.fd)
+        fsync(seg.fd)
     for base in later:
         dropped += _remove_segment_files(directory, base)
     fsync_dir(directory)
