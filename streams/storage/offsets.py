@@ -475,6 +475,13 @@ class OffsetStore:
                 fsync(self._fd)
             except OSError as exc:
                 raise StorageError(f"cannot truncate the torn tail of {self.path} ({exc}); check the disk") from exc
+        elif pos > trusted:
+            # Records a killed incarnation appended (perhaps never synced) are served from now
+            # on: make them durable first, or a power cut could take back offsets already fetched.
+            try:
+                fdatasync(self._fd)
+            except OSError as exc:
+                raise StorageError(f"cannot sync {self.path} ({exc}); check the disk") from exc
         self._size = pos
         self._compact_retry_size = 0
         log.info(

@@ -6,6 +6,7 @@ keeps every write); a "power cut" then applies tests/chaos/powercut.py to the da
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streams import _faults
-from streams.storage import Store
+from streams.storage import OffsetStore, Store
 from tests.chaos.powercut import power_cut, read_ledger
 
 from .helpers import append, open_store, read_all
@@ -115,5 +116,46 @@ def test_segment_recovered_after_a_crash_survives_a_later_power_cut(ledger: Path
         assert plog.offline_reason is None, report.decisions
         assert plog.log_end_offset == end, report.decisions
         assert read_all(plog) == visible
+    finally:
+        store.close()
+
+
+class _DropAll(random.Random):
+    """Every choice at its last option: keep every directory entry, take back every unsynced write."""
+
+    def random(self) -> float:
+        return 0.999
+
+
+def _crash_offsets(store: OffsetStore) -> None:
+    """Like SIGKILL for an OffsetStore: close its files without a sync or a checkpoint."""
+    os.close(store._fd)
+    store._fd = -1
+    store._open = False
+    store._release_lock()
+
+
+def test_committed_offset_recovered_after_a_crash_survives_a_later_power_cut(ledger: Path, tmp_path: Path) -> None:
+    """An offset commit replayed after a kill -9 is served by OffsetFetch, so it must be synced first."""
+    directory = tmp_path / "data" / "meta" / "offsets"
+    store = OffsetStore(directory)
+    store.open()
+    store.commit("g", [("t", 0, 5, -1, None)], 1_000)
+    store.sync()
+    store.commit("g", [("t", 0, 9, -1, None)], 1_000)  # never synced by this incarnation
+    _crash_offsets(store)
+
+    store = OffsetStore(directory)
+    store.open()
+    seen = store.fetch_partition("g", "t", 0)
+    assert seen is not None and seen.offset == 9
+    _crash_offsets(store)
+
+    report = power_cut(tmp_path / "data", ledger, _DropAll())
+    store = OffsetStore(directory)
+    store.open()
+    try:
+        after = store.fetch_partition("g", "t", 0)
+        assert after is not None and after.offset == 9, report.decisions
     finally:
         store.close()
