@@ -30,7 +30,7 @@ from consumers._core import (
     make_settings,
     transient_kafka_error,
 )
-from consumers._records import ConsumedEvent
+from consumers._records import ConsumedEvent, HandlerSpec, batch_argument
 from consumers.errors import ConsumerError
 from consumers.schema import DEFAULT_SCHEMA, migrate_async
 from outbox._faults import crashpoint
@@ -77,6 +77,7 @@ class AsyncConsumer(ConsumerBase):
         client_id: str | None = None,
         kafka_config: dict[str, Any] | None = None,
         client: str = "kafka-python",
+        freeze_gc: bool = True,
     ) -> None:
         super().__init__(
             make_settings(
@@ -103,6 +104,7 @@ class AsyncConsumer(ConsumerBase):
                 client_id=client_id,
                 kafka_config=kafka_config,
                 client=client,
+                freeze_gc=freeze_gc,
             )
         )
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -119,6 +121,7 @@ class AsyncConsumer(ConsumerBase):
             raise ConsumerError("run() is already running for this consumer")
         self._running = True
         self._stopping.clear()
+        self._freeze_gc()
         loop = asyncio.get_running_loop()
         signals: list[int] = []
         if threading.current_thread() is threading.main_thread():
@@ -345,6 +348,7 @@ class AsyncConsumer(ConsumerBase):
         ids = [e.id for e in events]
         failure = state.failure
         out = _Outcome(next_offset=events[-1].offset + 1, processed=0, duplicates=0, skipped=0)
+        observe = self._metrics.observe_handler
         pipeline: contextlib.AbstractAsyncContextManager[Any] = (
             contextlib.nullcontext() if careful else conn.pipeline()
         )
@@ -353,9 +357,13 @@ class AsyncConsumer(ConsumerBase):
             row = await cur.fetchone()
             if row is None or row[0] != state.expected:
                 raise _Lost
+            # The offset row is now locked by this transaction and holds ``expected``: the
+            # compare-and-set in finish_batch cannot fail before COMMIT.
             done = set(row[1])
             applied = []
             failed_exc: BaseException | None = None
+            run: list[ConsumedEvent] = []  # consecutive records for run_spec (a batch handler), not yet handed over
+            run_spec: HandlerSpec | None = None
             for index, event in enumerate(events):
                 if event.id in done:
                     out.duplicates += 1
@@ -367,39 +375,57 @@ class AsyncConsumer(ConsumerBase):
                 if spec is None:
                     out.skipped += 1
                     continue
-                started = time.perf_counter()
+                if run and spec is not run_spec:
+                    await _call_batch(run_spec, run, conn, observe)
+                    run = []
                 if careful:
+                    started = time.perf_counter()
                     try:
                         async with conn.transaction():
-                            await spec.func(spec.argument(event), conn)
+                            if spec.batch:
+                                await spec.func([batch_argument(event)], conn)
+                            else:
+                                await spec.func(spec.argument(event), conn)
                     except Exception as exc:
                         out.failed_at = index
                         failed_exc = exc
                         break
+                    observe(time.perf_counter() - started)
+                elif spec.batch:
+                    run.append(batch_argument(event))
+                    run_spec = spec
                 else:
+                    started = time.perf_counter()
                     await spec.func(spec.argument(event), conn)
-                self._metrics.observe_handler(time.perf_counter() - started)
+                    observe(time.perf_counter() - started)
                 out.processed += 1
                 done.add(event.id)
                 applied.append(event.id)
+            if run:
+                await _call_batch(run_spec, run, conn, observe)
             if out.failed_at is not None:
                 out.next_offset = events[out.failed_at].offset
             crashpoint("consumer.in_handler")  # tests only: effects written, not committed
-            cur = await conn.execute(
+            finish = await conn.execute(
                 q["finish_batch"], {**where, "ids": applied, "next": out.next_offset, "expected": state.expected}
             )
-            if await cur.fetchone() is None:
-                raise _Lost
-            if failed_exc is not None and out.failed_at is not None:
-                event = events[out.failed_at]
-                out.error = error_text(failed_exc)
-                cur = await conn.execute(
-                    q["record_failure"],
-                    {**where, "offset": event.offset, "event_id": event.id,
-                     "error": out.error},
-                )  # fmt: skip
-                attempts = await cur.fetchone()
-                out.attempts = int(attempts[0]) if attempts else 1
+            if careful:
+                if await finish.fetchone() is None:
+                    raise _Lost
+                if failed_exc is not None and out.failed_at is not None:
+                    event = events[out.failed_at]
+                    out.error = error_text(failed_exc)
+                    cur = await conn.execute(
+                        q["record_failure"],
+                        {**where, "offset": event.offset, "event_id": event.id,
+                         "error": out.error},
+                    )  # fmt: skip
+                    attempts = await cur.fetchone()
+                    out.attempts = int(attempts[0]) if attempts else 1
+        # Pipelined: finish_batch, COMMIT and the sync went out together (one round trip, not
+        # two); the compare-and-set was certain (see above), its result is only a guard here.
+        if not careful and await finish.fetchone() is None:
+            raise _Lost
         return out
 
     async def _dead_letter(self, state: PartitionState, event: ConsumedEvent, failure: Failure) -> bool:
@@ -470,3 +496,12 @@ class AsyncConsumer(ConsumerBase):
         if total:
             logger.info("group %s: pruned %s processed ids older than %s", self.group, total, self._settings.dedupe_retention)
         return total
+
+
+async def _call_batch(
+    spec: HandlerSpec | None, events: list[ConsumedEvent], conn: psycopg.AsyncConnection[Any], observe: Callable[..., None]
+) -> None:
+    assert spec is not None
+    started = time.perf_counter()
+    await spec.func(events, conn)
+    observe(time.perf_counter() - started, len(events))

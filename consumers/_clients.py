@@ -106,6 +106,7 @@ class ConfluentClient:
                 _raise(exc)
             raise
         out: dict[TopicPartition, list[RawRecord]] = {}
+        batches: dict[tuple[Any, Any], list[RawRecord]] = {}
         for m in messages:
             error = m.error()
             if error is not None:
@@ -114,10 +115,9 @@ class ConfluentClient:
                 logger.debug("librdkafka: %s", error)
                 continue
             topic, partition = m.topic(), m.partition()
-            key = TopicPartition(topic, partition)
-            batch = out.get(key)
+            batch = batches.get((topic, partition))
             if batch is None:
-                batch = out[key] = []
+                batch = batches[topic, partition] = out[TopicPartition(topic, partition)] = []
             batch.append((topic, partition, m.offset(), m.timestamp()[1], m.key(), m.value(), m.headers()))
         return out
 

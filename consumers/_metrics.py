@@ -71,10 +71,12 @@ class ConsumerMetrics:
         self._latency_sum = 0.0
         self._lock = threading.Lock()
 
-    def observe_handler(self, seconds: float) -> None:
-        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+    def observe_handler(self, seconds: float, events: int = 1) -> None:
+        """One handler call that took ``seconds`` for ``events`` records (a batch handler's call counts
+        once per record, each taking the call's time divided by their number)."""
+        index = bisect.bisect_left(LATENCY_BUCKETS, seconds / events)
         with self._lock:
-            self._latency_counts[index] += 1
+            self._latency_counts[index] += events
             self._latency_sum += seconds
 
     def set_lag(self, lag: dict[str, int]) -> None:

@@ -377,3 +377,71 @@ def test_a_store_restart_does_not_end_the_consumer(
     assert running.thread.is_alive() and running.error is None, running.error
     running.stop()
     assert sorted(e[0] for e in effects(effects_url)) == sorted(e.id for e in first + second)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async-confluent"])
+def test_batch_handler_applies_each_event_once_in_order_and_dead_letters_a_poison_event_alone(
+    mode: str, store_target: Target, effects_url: str, topic: str, start: Callable[..., Running]
+) -> None:
+    """A batch handler gets lists of consecutive records of its type (duplicates left out); a record
+    for a per-event handler splits them; a failing list is re-run one record at a time, so only the
+    poison event is retried and dead-lettered."""
+    create_topic(store_target.bootstrap, topic, 1)
+    before = make_events(topic, ["a", "b"], 20)
+    poison = Event(topic=topic, key="a", type="thing.happened", payload={"key": "a", "n": 99})
+    other = Event(topic=topic, key="b", type="other.thing", payload={"key": "b", "n": 50})
+    after = [
+        Event(topic=topic, key=e.key, type=e.type, payload={"key": e.key, "n": 100 + e.payload["n"]})
+        for e in make_events(topic, ["a", "b"], 5)
+    ]
+    produce(store_target.bootstrap, topic, [*before, other, *before[:5], poison, *after])
+    sizes: list[int] = []
+
+    def rows(events: list[ConsumedEvent]) -> list[tuple[Any, ...]]:
+        sizes.append(len(events))
+        if any(e.id == poison.id for e in events):
+            raise ValueError("cannot handle this one")
+        return [(e.id, e.key, e.payload["n"]) for e in events]
+
+    mode, _, client = mode.partition("-")
+    opts = options(store_target, effects_url, topic, max_attempts=2, **({"client": client} if client else {}))
+    c: Consumer | AsyncConsumer
+    if mode == "sync":
+        c = Consumer(**opts)
+
+        @c.batch_handler("thing.happened")
+        def many(events: list[ConsumedEvent], conn: psycopg.Connection[Any]) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(INSERT, rows(events))
+
+        @c.handler("other.thing")
+        def one(event: ConsumedEvent, conn: psycopg.Connection[Any]) -> None:
+            conn.execute(INSERT, (event.id, event.key, event.payload["n"]))
+
+    else:
+        c = AsyncConsumer(**opts)
+
+        @c.batch_handler("thing.happened")
+        async def amany(events: list[ConsumedEvent], conn: psycopg.AsyncConnection[Any]) -> None:
+            async with conn.cursor() as cur:
+                await cur.executemany(INSERT, rows(events))
+
+        @c.handler("other.thing")
+        async def aone(event: ConsumedEvent, conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(INSERT, (event.id, event.key, event.payload["n"]))
+
+    running = start(c)
+    wait_until(lambda: running.consumer.metrics().dead_lettered == 1, "the poison event dead-lettered")
+    wait_until(lambda: len(effects(effects_url)) == len(before) + 1 + len(after), "the other events applied")
+    running.stop()
+    snap = running.consumer.metrics()
+    assert (snap.failed, snap.duplicates) == (2, 5)
+    applied = effects(effects_url)
+    assert len({row[0] for row in applied}) == len(applied) and poison.id not in {row[0] for row in applied}
+    per_key: dict[str | None, list[int | None]] = {}
+    for _, key, n in applied:
+        per_key.setdefault(key, []).append(n)
+    assert per_key == {"a": [*range(20), *range(100, 105)], "b": [*range(20), 50, *range(100, 105)]}
+    assert max(sizes) > 1  # lists, not one call per record
+    assert len(letters := list_dead_letters(store_target.bootstrap, f"{topic}.dlq")) == 1
+    assert letters[0].event_id == str(poison.id)
