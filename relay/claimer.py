@@ -35,7 +35,7 @@ class ClaimedRow(NamedTuple):
     headers: str
 
 
-_new_row = tuple.__new__
+_new_row = tuple.__new__  # a NamedTuple's own __new__ is a Python function: ~10% of a drain's CPU
 
 
 def id_array(ids: Sequence[int]) -> str:
@@ -75,7 +75,7 @@ def to_record(row: ClaimedRow) -> OutgoingRecord:
     ]
     if row.headers != "{}":
         headers.extend((name, value.encode()) for name, value in json.loads(row.headers).items())
-    return OutgoingRecord(row.topic, row.key, row.payload, headers, row.timestamp_ms)
+    return _new_row(OutgoingRecord, (row.topic, row.key, row.payload, headers, row.timestamp_ms))
 
 
 def deletable(rows: Sequence[ClaimedRow], errors: Sequence[str | None]) -> tuple[list[int], int]:
