@@ -3,7 +3,8 @@
 Its handler writes one ``chaos_effects`` row per event (event id, key, per-key sequence, the
 partition and offset it came from, this member and its incarnation), in the SDK's transaction, so
 the effect table *is* the history of applied effects. Crash points are armed from
-``OUTBOX_CRASH_POINTS`` (``consumer.in_handler``, ``consumer.after_effect_commit``), like the relay.
+``OUTBOX_CRASH_POINTS`` (``consumer.in_handler``, ``consumer.after_effect_commit``), like the relay. ``$CHAOS_CLOCK_FILE`` names the file of
+this process's wall-clock offset (:mod:`tests.chaos.clock`), installed before the SDK is imported.
 Exits 0 after SIGTERM.
 """
 
@@ -14,10 +15,12 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from consumers import AsyncConsumer, ConsumedEvent, Consumer
-from outbox import _faults
+from tests.chaos import clock
+
+if TYPE_CHECKING:
+    from consumers import ConsumedEvent
 
 EFFECTS_DDL = """
 CREATE TABLE IF NOT EXISTS chaos_effects (
@@ -39,6 +42,10 @@ INSERT = (
 
 
 def main() -> int:
+    clock.install()
+    from consumers import AsyncConsumer, Consumer
+    from outbox import _faults
+
     p = argparse.ArgumentParser()
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--database-url", required=True)
