@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from tests.chaos.disk import StorageFaults
 from tests.chaos.history import (
     Auditor,
     CheckResult,
@@ -168,6 +169,10 @@ class Campaign:
         self.recovery_failures: list[str] = []
         self._stop = threading.Event()
         self._store_log_seen = 0
+        store_fault = lambda name: not cfg.kafka_cluster and (not cfg.faults or name in cfg.faults)  # noqa: E731
+        self.disk = StorageFaults(
+            self.work, self.rng, power_cuts=store_fault("power cut store"), disk_full=store_fault("disk full store")
+        )
         self.clock_files: dict[str, Path] = {}
         self.clock_offsets: dict[str, int] = {}
 
@@ -192,8 +197,9 @@ class Campaign:
             store_port, proxy_port = _two_free_ports()
             self.proxy = FaultProxy(proxy_port, "127.0.0.1", store_port, seed=self.seed).start()
             store_env = {"STREAMS_CRASH_POINTS": STORE_FAULT_POINTS} if cfg.crash_points else {}
+            store_env.update(self.disk.store_env())
             self.store = StoreProcess(
-                self.work / "store-data", port=store_port, work_dir=self.work, env=store_env,
+                self.disk.prepare_data_dir(self.work / "store-data"), port=store_port, work_dir=self.work, env=store_env,
                 extra_args=["--advertised-listener", self.proxy.address, "--default-partitions", str(cfg.partitions),
                             "--group-min-session-timeout-ms", "1000", "--group-initial-rebalance-delay-ms", "0",
                             "--segment-bytes", str(256 * 1024), "--idle-timeout", "30"],
@@ -343,6 +349,8 @@ class Campaign:
             "kill -9 relay": (3, self._kill_relay),
             "SIGSTOP relay": (2, self._pause(lambda: self.rng.choice(self.relays))),
             "kill -9 store": (3, self._kill_store),
+            "power cut store": (2, self._power_cut_store),
+            "disk full store": (1, self._disk_full_store),
             "SIGSTOP store": (2, self._pause(lambda: self.store)),
             "kill -9 consumer": (3, self._kill_consumer),
             "SIGSTOP consumer": (2, self._pause(lambda: self.rng.choice(self.members))),
@@ -453,6 +461,33 @@ class Campaign:
             m.start()
 
         self._hold_down(m.name, act)
+
+    def _power_cut_store(self) -> None:
+        """SIGKILL the store, lose what a power cut could lose (tests/chaos/disk.py), restart it."""
+        store = self.store
+        assert store is not None
+
+        def act() -> None:
+            detail = self.disk.power_cut(store)
+            with self.history.lock:
+                self.history.fault_log.append(f"{time.strftime('%H:%M:%S')}   power cut: {detail}")
+            self._sleep(0, 3)
+            try:
+                store.start()
+            except Exception as exc:
+                self.recovery_failures.append(f"store restart after a power cut ({detail}): {exc}"[:300])
+                raise
+            self._store_log_seen = len(store.log_text())
+
+        self._hold_down("store", act)
+
+    def _disk_full_store(self) -> None:
+        """Fill the store's tmpfs for a few seconds; the store itself keeps running (no restarts meanwhile)."""
+        self._hold_down("store", lambda: self._note_disk(self.disk.fill(self.rng.uniform(2, 8), self._stop)))
+
+    def _note_disk(self, detail: str) -> None:
+        with self.history.lock:
+            self.history.fault_log.append(f"{time.strftime('%H:%M:%S')}   disk full: {detail}")
 
     def _kill_store(self) -> None:
         store = self.store
@@ -651,6 +686,7 @@ class Campaign:
                 self.store.kill()
         if self.proxy is not None:
             self.proxy.close()
+        self.disk.close()  # unmount the store's tmpfs (the store is stopped)
         if self.cluster is not None:
             self.cluster.cleanup()  # keep=True: the node logs stay in the work dir
         self.pg.cleanup()
