@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=40.0, help="writer transactions per second")
     p.add_argument("--fault", action="append", dest="faults", help="only this fault (repeatable); see campaign.py")
     p.add_argument("--no-crash-points", action="store_true", help="do not arm the named crash/fault points")
-    p.add_argument("--clock-jumps", action="store_true", help="libfaketime forward clock jumps (experimental)")
+    p.add_argument("--no-clock-jumps", action="store_true",
+                   help="do not step the relays' and consumers' wall clocks (tests/chaos/clock.py)")  # fmt: skip
     p.add_argument("--kafka-cluster", action="store_true",
                    help="a 3-node Apache Kafka cluster (RF 3, min ISR 2) instead of the store; leader kills")  # fmt: skip
     p.add_argument("--work-dir", type=Path, help="keep logs and data here (default: a temp dir)")
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     cfg = CampaignConfig(
         seconds=args.seconds, seed=args.seed, rate=args.rate, faults=args.faults,
-        crash_points=not args.no_crash_points, work_dir=args.work_dir, clock_jumps=args.clock_jumps,
+        crash_points=not args.no_crash_points, work_dir=args.work_dir, clock_jumps=not args.no_clock_jumps,
         kafka_cluster=args.kafka_cluster,
     )  # fmt: skip
     _, result = run_campaign(cfg)

@@ -1,9 +1,15 @@
 """A randomized fault campaign: writers -> outbox -> 2 relays -> fault proxy -> store -> 2 consumers.
 
 With ``--kafka-cluster`` the relays and consumers talk to a three-node Apache Kafka cluster on
-loopback instead (KRaft, replication factor 3, min.insync.replicas 2; tests/support/kafka_cluster.py):
-no proxy and no store faults; the partition leader is killed (-9) or shut down and restarted, and
-brokers are paused (SIGSTOP), one broker fault at a time, while writers commit.
+loopback instead (KRaft, replication factor 3, min.insync.replicas 2; tests/support/kafka_cluster.py),
+each broker's client listener behind a fault proxy of its own (replication bypasses them); no store
+faults; the partition leader is killed (-9) or shut down and restarted, brokers are paused
+(SIGSTOP), two brokers are killed at once (below min ISR: nothing can be acknowledged until one is
+back), one broker fault at a time, while writers commit.
+
+In both modes the relays (one with librdkafka, one with kafka-python) and the consumer workers
+run on injected clocks (tests/chaos/clock.py): their wall clocks step forward and backward, their
+monotonic clocks leap forward.
 
 Everything is a real process (PostgreSQL, the store, relays, consumer workers); the fault proxy,
 the writers, the auditor, the offset monitor and the fault scheduler are threads of this process.
@@ -34,6 +40,7 @@ from typing import Any
 
 import psycopg
 
+from tests.chaos.clock import CLOCK_FILE_ENV, write_offset
 from tests.chaos.disk import StorageFaults
 from tests.chaos.history import (
     Auditor,
@@ -46,8 +53,9 @@ from tests.chaos.history import (
     prepare_app_db,
 )
 from tests.chaos.proxy import FaultProxy
+from tests.chaos.relay_main import ClockedRelay
 from tests.chaos.worker import EFFECTS_DDL
-from tests.support._proc import REPO_ROOT
+from tests.support._proc import REPO_ROOT, free_port
 from tests.support.kafka_cluster import KafkaCluster, KafkaNode
 from tests.support.postgres import PostgresServer
 from tests.support.relay import RelayProcess
@@ -60,7 +68,6 @@ logger = logging.getLogger("chaos")
 RELAY_CRASH_POINTS = "relay.after_send:0.003,relay.before_delete:0.003,relay.after_delete:0.003"
 CONSUMER_CRASH_POINTS = "consumer.in_handler:0.002,consumer.after_effect_commit:0.002"
 STORE_FAULT_POINTS = "storage.mid_append:0.0007,storage.write_enospc:0.003,storage.fsync_eio:0.0003"
-FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 MID_APPEND_RE = re.compile(r"crash point storage\.mid_append: .* log=(\S+) position=(\d+) size=(\d+)")
 
 
@@ -76,7 +83,7 @@ class CampaignConfig:
     consumers: int = 2
     fault_gap: tuple[float, float] = (0.5, 3.0)
     crash_points: bool = True
-    clock_jumps: bool = False  # libfaketime preload for relays/consumers (see Campaign._clock_env)
+    clock_jumps: bool = True  # injected wall-clock jumps for relays/consumers (tests/chaos/clock.py)
     kafka_cluster: bool = False  # a 3-node Apache Kafka cluster instead of the store behind the proxy
     work_dir: Path | None = None
     quiesce_timeout: float = 240.0
@@ -158,6 +165,9 @@ class Campaign:
         self.keys = [f"k{i:02d}" for i in range(cfg.keys)]
         self.pg = PostgresServer(use_env=False)
         self.proxy: FaultProxy | None = None
+        self.broker_proxies: dict[str, FaultProxy] = {}  # --kafka-cluster: one per node, by node name
+        self.outage_deletes: list[int] = []  # outbox rows deleted while two brokers were down
+        self.outage_held = 0  # outbox rows the relays had not published when the outages began
         self.store: StoreProcess | None = None
         self.cluster: KafkaCluster | None = None
         self.broker_lock = threading.Lock()  # one broker fault at a time: RF 3 / min ISR 2 tolerate one
@@ -174,7 +184,8 @@ class Campaign:
             self.work, self.rng, power_cuts=store_fault("power cut store"), disk_full=store_fault("disk full store")
         )
         self.clock_files: dict[str, Path] = {}
-        self.clock_offsets: dict[str, int] = {}
+        self.clock_offsets: dict[str, float] = {}  # wall clock, seconds
+        self.mono_offsets: dict[str, float] = {}  # monotonic clock, seconds, only grows
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -190,6 +201,11 @@ class Campaign:
             # Consumers ask for 3 s sessions (Kafka's group.min.session.timeout.ms is 6 s by default).
             props = {"group.min.session.timeout.ms": "1000"}
             self.cluster = KafkaCluster(base_dir=self.work, keep=True, heap="384m", server_properties=props)
+            for node in self.cluster.nodes.values():
+                # Clients reach each broker through its own fault proxy; replication bypasses them.
+                proxy = FaultProxy(free_port(), "127.0.0.1", node.port, seed=self.seed + node.node_id, name=node.name)
+                node.advertised = proxy.address
+                self.broker_proxies[node.name] = proxy.start()
             self.cluster.start()
             self.cluster.create_topic(self.topic, cfg.partitions)
             bootstrap = self.cluster.bootstrap
@@ -209,10 +225,12 @@ class Campaign:
             bootstrap = self.proxy.address
         relay_env = {"OUTBOX_CRASH_POINTS": RELAY_CRASH_POINTS} if cfg.crash_points else {}
         for i in range(cfg.relays):
-            r = RelayProcess(
+            # Both producers the relay offers; kafka-python's timers read the (jumping) wall clock.
+            producer = "confluent" if i % 2 == 0 else "kafka-python"
+            r = ClockedRelay(
                 self.app_dsn, bootstrap, name=f"relay-{i + 1}", work_dir=self.work,
                 env={**relay_env, **self._clock_env(f"relay-{i + 1}")},
-                extra_args=["--poll-interval-ms", "500"],
+                extra_args=["--poll-interval-ms", "500", "--producer", producer],
             )  # fmt: skip
             r.start(wait=False)
             self.relays.append(r)
@@ -234,29 +252,42 @@ class Campaign:
         self.monitor = OffsetMonitor(self.consumer_dsn, self.group, self.history)
 
     def _clock_env(self, name: str) -> dict[str, str]:
-        """libfaketime for relays and consumers (when installed): a per-process offset file.
-
-        libfaketime 0.9.10 moves CLOCK_MONOTONIC with the wall clock (FAKETIME_DONT_FAKE_MONOTONIC
-        makes Python's time.sleep fail with EINVAL), so offsets only ever grow: forward jumps.
-        Opt-in (``--clock-jumps``): under libfaketime 0.9.10 a relay was seen to stop in
-        ``Event.wait(0.001)`` (relay/app.py linger loop) for minutes even at offset +0 — the
-        preload itself, not the relay, is suspect, so it stays out of the default campaign.
-        """
-        if not (self.cfg.clock_jumps and FAKETIME_LIB.exists()):
+        """The file of ``name``'s clock offsets (tests/chaos/clock.py; libfaketime hangs CPython, see there)."""
+        if not self.cfg.clock_jumps:
             return {}
-        path = self.work / f"{name}.faketime"
-        path.write_text("+0\n")
+        path = self.work / f"{name}.clock"
+        write_offset(path, 0.0, 0.0)
         self.clock_files[name] = path
-        return {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(path), "FAKETIME_NO_CACHE": "1"}
+        return {CLOCK_FILE_ENV: str(path)}
 
     def _clock_jump(self) -> None:
+        """Step one relay's or consumer's wall clock by a second to an hour, forward or backward.
+
+        Offsets stay within +-2 h of the true time (a step that would leave that range goes the
+        other way).
+        """
         if not self.clock_files:
             return
         name = self.rng.choice(sorted(self.clock_files))
-        jump = self.rng.choice((5, 30, 120, 3600))
-        self.clock_offsets[name] = self.clock_offsets.get(name, 0) + jump
-        self.clock_files[name].write_text(f"+{self.clock_offsets[name]}\n")
-        self.history.note_fault("clock jump forward", f"{name} +{jump} s")
+        jump = self.rng.choice((1, 5, 30, 120, 600, 3600)) * self.rng.choice((1, -1))
+        old = self.clock_offsets.get(name, 0.0)
+        if abs(old + jump) > 7200:
+            jump = -jump
+        self.clock_offsets[name] = old + jump
+        write_offset(self.clock_files[name], old + jump, self.mono_offsets.get(name, 0.0))
+        self.history.note_fault("clock jump " + ("forward" if jump > 0 else "backward"), f"{name} {jump:+d} s")
+
+    def _monotonic_leap(self) -> None:
+        """Leap one relay's or consumer's monotonic clock forward by a second to an hour (never back):
+        every Python-level timeout of that process is due at once, as after a pause nobody else saw."""
+        if not self.clock_files:
+            return
+        name = self.rng.choice(sorted(self.clock_files))
+        leap = self.rng.choice((1, 5, 30, 120, 600, 3600))
+        self.mono_offsets[name] = self.mono_offsets.get(name, 0.0) + leap
+        write_offset(self.clock_files[name], self.clock_offsets.get(name, 0.0), self.mono_offsets[name])
+        with self.history.lock:
+            self.history.fault_log.append(f"{time.strftime('%H:%M:%S')}   {name} monotonic +{leap} s")
 
     def _create_topic(self) -> None:
         from kafka.admin import KafkaAdminClient, NewTopic
@@ -360,7 +391,8 @@ class Campaign:
             "proxy hang": (2, self._proxy_hang),
             "proxy reset": (2, self._proxy_reset),
             "proxy cut mid-frame": (2, self._proxy_cut),
-            "clock jump forward (libfaketime)": (1 if self.clock_files else 0, self._clock_jump),
+            "clock jump (wall clock, relay or consumer)": (2 if self.clock_files else 0, self._clock_jump),
+            "monotonic clock leap forward (relay or consumer)": (1 if self.clock_files else 0, self._monotonic_leap),
         }
 
     def cluster_fault_table(self) -> dict[str, tuple[float, Callable[[], None]]]:
@@ -374,7 +406,13 @@ class Campaign:
             "kill -9 partition leader": (5, lambda: self._broker_down(graceful=False)),
             "SIGTERM partition leader (controlled shutdown)": (1, lambda: self._broker_down(graceful=True)),
             "SIGSTOP broker": (2, self._pause_broker),
-            "clock jump forward (libfaketime)": (1 if self.clock_files else 0, self._clock_jump),
+            "kill -9 two brokers (below min ISR)": (1.5, self._two_brokers_down),
+            "broker proxy latency": (1, self._proxy_latency),
+            "broker proxy hang": (1, self._proxy_hang),
+            "broker proxy reset": (1, self._proxy_reset),
+            "broker proxy cut mid-frame": (1, self._proxy_cut),
+            "clock jump (wall clock, relay or consumer)": (2 if self.clock_files else 0, self._clock_jump),
+            "monotonic clock leap forward (relay or consumer)": (1 if self.clock_files else 0, self._monotonic_leap),
         }
 
     def _leader_node(self) -> KafkaNode:
@@ -429,6 +467,50 @@ class Campaign:
 
             self._hold_down(node.name, act)
             self._after_broker_fault()
+
+    def _two_brokers_down(self) -> None:
+        """kill -9 two of the three nodes, restart them one after the other.
+
+        Every partition is then below min.insync.replicas (and the KRaft quorum is lost, so the
+        ISR cannot even shrink): no acks=all write can be acknowledged. The relays must keep their
+        rows — none of the rows in the outbox once acks already on the wire have settled may be
+        deleted before a node is back (``outage_deletes``) — and publish them afterwards.
+        """
+        assert self.cluster is not None
+        with self.broker_lock:
+            running = sorted((n for n in self.cluster.nodes.values() if n.is_running()), key=lambda n: n.node_id)
+            if len(running) < 2:
+                return
+            first, second = self.rng.sample(running, 2)
+            with self.history.lock:
+                self.history.fault_log.append(f"{time.strftime('%H:%M:%S')}   down: {first.name}, {second.name}")
+
+            def act() -> None:
+                first.kill()
+                second.kill()
+                try:
+                    self._stop.wait(3.0)  # a relay may still delete rows acknowledged just before the kill
+                    held = self._outbox_ids()
+                    self._sleep(3, 15)
+                    deleted = len(held - self._outbox_ids())
+                    self.outage_deletes.append(deleted)
+                    self.outage_held += len(held)
+                    self.history.note_fault("(outbox rows held/deleted, two brokers down)", f"{len(held)}/{deleted}")
+                finally:
+                    for i, node in enumerate((first, second)):
+                        if i:
+                            self._sleep(0, 5)
+                        try:
+                            node.start()
+                        except Exception as exc:
+                            self.recovery_failures.append(f"{node.name} restart: {exc}"[:300])
+
+            self._hold_down(first.name, lambda: self._hold_down(second.name, act))
+            self._after_broker_fault()
+
+    def _outbox_ids(self) -> set[int]:
+        with psycopg.connect(self.app_dsn, connect_timeout=10) as conn:
+            return {int(r[0]) for r in conn.execute("SELECT id FROM outbox.events")}
 
     def _sleep(self, a: float, b: float) -> None:
         self._stop.wait(self.rng.uniform(a, b))
@@ -532,27 +614,38 @@ class Campaign:
     def _pg_restart(self, mode: str) -> None:
         self.pg.restart(mode)  # type: ignore[arg-type]
 
+    def _proxies(self) -> list[FaultProxy]:
+        return [self.proxy] if self.proxy is not None else list(self.broker_proxies.values())
+
+    def _fault_proxy(self) -> FaultProxy:
+        """The store's proxy, or a random broker's (named in the fault log)."""
+        if self.proxy is not None:
+            return self.proxy
+        name = self.rng.choice(sorted(self.broker_proxies))
+        with self.history.lock:
+            self.history.fault_log.append(f"{time.strftime('%H:%M:%S')}   proxy of {name}")
+        return self.broker_proxies[name]
+
     def _proxy_latency(self) -> None:
-        assert self.proxy is not None
-        self.proxy.latency = self.rng.uniform(0.02, 0.5)
+        proxy = self._fault_proxy()
+        proxy.latency = self.rng.uniform(0.02, 0.5)
         self._sleep(2, 10)
-        self.proxy.latency = 0.0
+        proxy.latency = 0.0
 
     def _proxy_hang(self) -> None:
-        assert self.proxy is not None
-        self.proxy.hang()
+        proxy = self._fault_proxy()
+        proxy.hang()
         self._sleep(1, 12)
-        self.proxy.unhang()
+        proxy.unhang()
 
     def _proxy_reset(self) -> None:
-        assert self.proxy is not None
-        self.proxy.reset_all()
+        self._fault_proxy().reset_all()
 
     def _proxy_cut(self) -> None:
-        assert self.proxy is not None
-        self.proxy.cut_probability = self.rng.uniform(0.05, 0.4)
+        proxy = self._fault_proxy()
+        proxy.cut_probability = self.rng.uniform(0.05, 0.4)
         self._sleep(2, 8)
-        self.proxy.cut_probability = 0.0
+        proxy.cut_probability = 0.0
 
     def _schedule(self, deadline: float) -> None:
         table = self.fault_table()
@@ -585,8 +678,8 @@ class Campaign:
     # -- run ----------------------------------------------------------------------------------
 
     def heal(self) -> None:
-        if self.proxy is not None:
-            self.proxy.heal()
+        for proxy in self._proxies():
+            proxy.heal()
         for name, comp in self._components().items():
             with self.locks[name]:
                 pid = comp.pid
@@ -651,6 +744,10 @@ class Campaign:
         result = check(self.history, truth, final, effects)
         result.rows.insert(0, ("components that did not recover", len(self.recovery_failures), True,
                                self.recovery_failures[0] if self.recovery_failures else ""))  # fmt: skip
+        if self.outage_deletes:
+            deleted = sum(self.outage_deletes)
+            result.rows.append(("outbox rows deleted while two brokers were down", deleted, True,
+                                f"{len(self.outage_deletes)} outages, {self.outage_held} rows held"))  # fmt: skip
         exits = ", ".join(f"{k}: {v}" for k, v in sorted(self.unexpected_exits.items()))
         result.rows.append(("unexpected process exits (liveness, restarted)", sum(self.unexpected_exits.values()),
                             False, exits))  # fmt: skip
@@ -659,9 +756,9 @@ class Campaign:
         result.stats["duration s"] = round(time.monotonic() - started)
         result.stats["auditor passes"] = self.auditor.passes
         result.stats["writer errors (connections lost)"] = self.writers.errors
-        if self.proxy is not None:
-            result.stats["proxy connections/resets/cuts"] = (
-                f"{self.proxy.connections}/{self.proxy.resets}/{self.proxy.cuts}"
+        if self._proxies():
+            result.stats["proxy connections/resets/cuts/refused"] = "/".join(
+                str(sum(getattr(p, a) for p in self._proxies())) for a in ("connections", "resets", "cuts", "refused")
             )
         if self.cluster is not None:
             result.stats["Kafka node starts"] = {n.name: n.starts for n in self.cluster.nodes.values()}
@@ -684,8 +781,8 @@ class Campaign:
                 self.store.stop()
             except Exception:
                 self.store.kill()
-        if self.proxy is not None:
-            self.proxy.close()
+        for proxy in self._proxies():
+            proxy.close()
         self.disk.close()  # unmount the store's tmpfs (the store is stopped)
         if self.cluster is not None:
             self.cluster.cleanup()  # keep=True: the node logs stay in the work dir

@@ -1,8 +1,9 @@
-"""A TCP fault proxy (asyncio, in a thread of the test process) in front of the store.
+"""A TCP fault proxy (asyncio, in a thread of the test process) in front of the store or a broker.
 
-The store is started with ``--advertised-listener`` set to the proxy's address, so every Kafka
-client — which bootstraps and then connects to the address Metadata advertises — talks to the
-store through it. Faults, switched on and off at run time by the campaign:
+The store is started with ``--advertised-listener`` set to the proxy's address (a Kafka node of
+``--kafka-cluster`` with ``advertised.listeners`` set to its own proxy's), so every Kafka client —
+which bootstraps and then connects to the address Metadata advertises — talks to it through the
+proxy. Faults, switched on and off at run time by the campaign:
 
 - ``latency(seconds)``: each forwarded chunk waits this long (both directions);
 - ``hang()`` / ``unhang()``: stop forwarding (connections stay open, bytes pile up) — a silent
@@ -29,7 +30,10 @@ logger = logging.getLogger(__name__)
 
 
 class FaultProxy:
-    def __init__(self, listen_port: int, target_host: str, target_port: int, *, seed: int = 0) -> None:
+    def __init__(
+        self, listen_port: int, target_host: str, target_port: int, *, seed: int = 0, name: str = "store"
+    ) -> None:
+        self.name = name
         self.listen_port = listen_port
         self.target = (target_host, target_port)
         self.latency = 0.0
@@ -44,6 +48,7 @@ class FaultProxy:
         self.connections = 0
         self.resets = 0
         self.cuts = 0
+        self.refused = 0  # the target did not accept (a broker that is down): the client is reset
 
     @property
     def address(self) -> str:
@@ -52,7 +57,7 @@ class FaultProxy:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> FaultProxy:
-        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"fault-proxy-{self.name}", daemon=True)
         self._thread.start()
         if not self._started.wait(10):
             raise RuntimeError("fault proxy did not start")
@@ -108,14 +113,14 @@ class FaultProxy:
         for w in list(self._writers):
             self._abort(w)
 
-    def _abort(self, writer: asyncio.StreamWriter) -> None:
+    def _abort(self, writer: asyncio.StreamWriter, *, count: bool = True) -> None:
         sock: Any = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
         self._writers.discard(writer)
-        self.resets += 1
+        self.resets += count
 
     # -- forwarding -----------------------------------------------------------------------------
 
@@ -124,7 +129,8 @@ class FaultProxy:
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
-            self._abort(client_w)
+            self.refused += 1
+            self._abort(client_w, count=False)
             return
         self._writers.update((client_w, server_w))
         pair = (client_w, server_w)

@@ -7,8 +7,13 @@ active controller included, leaves a majority. Topics default to replication fac
 ``min.insync.replicas`` 2: an ``acks=all`` write is on at least two nodes before it is acknowledged,
 and unclean leader election stays off.
 
-Nodes are killed (-9), stopped (SIGTERM: controlled shutdown), paused (SIGSTOP) and restarted one by
-one; :meth:`KafkaCluster.partitions` asks the cluster's metadata who leads each partition (and
+Each node has a client listener (``PLAINTEXT``, :attr:`KafkaNode.port`) and a second one the brokers
+replicate over and this module's own metadata requests use (``INTERNAL``). Setting
+:attr:`KafkaNode.advertised` before :meth:`KafkaCluster.start` makes the node advertise another
+address to clients (a fault proxy in front of its client port) while replication and the test's
+metadata checks bypass it: a client's network faults are then not also the cluster's.
+
+Nodes are killed (-9), stopped (SIGTERM: controlled shutdown), paused (SIGSTOP) and restarted; :meth:`KafkaCluster.partitions` asks the cluster's metadata who leads each partition (and
 which replicas are in sync) so a campaign can aim at the leader. The jars and ``java`` come from
 :mod:`tests.support.kafka` (Maven Central, cached).
 
@@ -71,14 +76,22 @@ class KafkaNode:
         self.name = f"kafka-{node_id}"
         self.dir = directory
         self.port = free_port()
+        self.internal_port = free_port()
         self.controller_port = free_port()
+        self.advertised: str | None = None  # host:port clients are told to use (default: the client port)
         self._proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.paused = False
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """The address clients use: :attr:`advertised` if set, else the client port."""
+        return self.advertised or f"127.0.0.1:{self.port}"
+
+    @property
+    def internal_bootstrap(self) -> str:
+        """The inter-broker listener, for the cluster's own metadata checks (never proxied)."""
+        return f"127.0.0.1:{self.internal_port}"
 
     @property
     def log_path(self) -> Path:
@@ -108,11 +121,14 @@ class KafkaNode:
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": c.voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},INTERNAL://127.0.0.1:{self.internal_port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://{self.bootstrap},INTERNAL://{self.internal_bootstrap}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT",
             "log.dirs": str(self.dir / "data"),
             "num.partitions": "1",
             "default.replication.factor": rf,
@@ -176,7 +192,9 @@ class KafkaNode:
                     f"{self.name} exited with {self._proc.returncode} during start-up; "
                     f"log {self.log_path}:\n{log_tail(self.log_path)}"
                 )
-            if _api_versions_ok("127.0.0.1", self.port) and self.node_id in self.cluster.live_brokers(self.bootstrap):
+            if _api_versions_ok("127.0.0.1", self.port) and self.node_id in self.cluster.live_brokers(
+                self.internal_bootstrap
+            ):
                 return
             if time.monotonic() > deadline:
                 raise KafkaError(
@@ -270,13 +288,14 @@ class KafkaCluster(ManagedServer):
 
     @property
     def bootstrap(self) -> str:
-        """Every node's ``127.0.0.1:PORT``, comma-separated (clients find the rest from metadata)."""
+        """Every node's client address, comma-separated (clients find the rest from metadata)."""
         return ",".join(n.bootstrap for n in self.nodes.values())
 
     def _reachable_bootstrap(self) -> str:
-        """Nodes that run and are not paused (a paused node accepts connections and never answers)."""
-        live = [n.bootstrap for n in self.nodes.values() if n.is_running() and not n.paused]
-        return ",".join(live) or self.bootstrap
+        """Internal listeners of nodes that run and are not paused (a paused node accepts
+        connections and never answers)."""
+        live = [n.internal_bootstrap for n in self.nodes.values() if n.is_running() and not n.paused]
+        return ",".join(live) or ",".join(n.internal_bootstrap for n in self.nodes.values())
 
     def node(self, node_id: int) -> KafkaNode:
         return self.nodes[node_id]
@@ -365,7 +384,7 @@ class KafkaCluster(ManagedServer):
         while True:
             for node in [n for n in self.nodes.values() if n.is_running() and not n.paused]:
                 try:
-                    admin = self.admin(node.bootstrap, request_timeout_ms=5000)
+                    admin = self.admin(node.internal_bootstrap, request_timeout_ms=5000)
                     try:
                         return list(admin.describe_topics([topic]))
                     finally:
