@@ -1,22 +1,32 @@
 """Consumer SDK throughput and latency: exactly-once bookkeeping against the same handler without it.
 
-One consumer process (this one), a handler that inserts one row, 1 KiB events in the relay's record
-format on the built-in store (``--fsync always``), PostgreSQL with ``synchronous_commit=on``:
+One consumer process (this one), a handler that inserts one row per event, 1 KiB events in the
+relay's record format on the built-in store (``--fsync always``), PostgreSQL with
+``synchronous_commit=on``. Two handlers (``--handler``):
+
+* ``row``    ``@consumer.handler``: ``conn.execute(INSERT ...)`` per event (psycopg, pipelined);
+* ``batch``  ``@consumer.batch_handler``: one ``INSERT ... SELECT FROM unnest(...)`` per list of events.
+
+Figures:
 
 * ``exactly-once``   ``consumers.Consumer``: per batch of a partition one transaction with the dedupe
                      lookup, the handlers (pipelined), the processed ids and the offset compare-and-set;
-* ``at-least-once``  a plain ``KafkaConsumer`` loop running the same handler per record, one
-                     transaction per polled batch (same pipelining), broker offsets committed after it;
-* ``latency``        events produced at a paced ``--rate`` per second while the exactly-once consumer
-                     runs: time from the record's creation (its timestamp) to the commit of the
-                     transaction that applied it (p50/p99); the producer runs in its own
-                     process, as the relay would. The relay is not in this path (it is
-                     measured by the relay's own bench); add its commit-to-publish lag for end to end.
+* ``at-least-once``  a plain consumer loop (same client) running the same handler per polled
+                     partition batch, one transaction each (same pipelining), broker offsets
+                     committed after it;
+* ``latency``        events at a paced ``--rate`` per second while the exactly-once consumer (row
+                     handler) runs. By default they are written by a writer process into the outbox
+                     (``publish()`` + COMMIT) and the relay (its own process, default options)
+                     publishes them: time from the writer's COMMIT returning to the commit of the
+                     consumer's transaction that applied the event (p50/p99). ``--no-relay``
+                     produces records straight to the store instead (time from the record's
+                     creation).
 
 Prints figures; asserts nothing about time. A throw-away PostgreSQL cluster and store are started.
 
     python bench/consumer.py [--events 20000] [--partitions 4] [--rate 500] [--seconds 10]
-                             [--clients kafka-python,confluent]
+                             [--clients kafka-python,confluent] [--handler row,batch]
+                             [--only throughput,latency] [--no-relay]
 
 Each figure is measured for each Kafka client of the SDK (``client=``), back to back.
 """
@@ -45,6 +55,12 @@ from tests.integration.consumers._support import create_topic, relay_record
 
 TABLE = "CREATE TABLE IF NOT EXISTS sink (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_id uuid, k text, n int)"
 INSERT = "INSERT INTO sink (event_id, k, n) VALUES (%s, %s, %s)"
+INSERT_MANY = "INSERT INTO sink (event_id, k, n) SELECT * FROM unnest(%b::uuid[], %b::text[], %b::int[])"
+
+
+def insert_many(conn: Any, evs: list[Any]) -> Any:
+    """The batch handler's one statement (returns the cursor, or the coroutine for an AsyncConnection)."""
+    return conn.execute(INSERT_MANY, ([e.id for e in evs], [e.key for e in evs], [e.payload["n"] for e in evs]))
 
 
 def events(topic: str, count: int, pad: int) -> list[Event]:
@@ -63,14 +79,22 @@ def produce(bootstrap: str, topic: str, evs: list[Event]) -> None:
     p.close()
 
 
-def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int, client: str) -> tuple[float, float]:
+def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int, client: str, handler: str) -> tuple[float, float]:
     """Events/s and this process's CPU microseconds per event (all its threads: robust to a busy machine)."""
-    c = Consumer(group=f"eo-{client}-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
-                 heartbeat_interval_ms=1000, client=client)  # fmt: skip
+    c = Consumer(group=f"eo-{client}-{handler}-{topic}", topics=[topic], bootstrap_servers=bootstrap,
+                 database_url=dsn, heartbeat_interval_ms=1000, client=client)  # fmt: skip
 
-    @c.handler("bench.event")
-    def handle(event: ConsumedEvent, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(INSERT, (event.id, event.key, event.payload["n"]))
+    if handler == "batch":
+
+        @c.batch_handler("bench.event")
+        def handle_many(evs: list[ConsumedEvent], conn: psycopg.Connection[Any]) -> None:
+            insert_many(conn, evs)
+
+    else:
+
+        @c.handler("bench.event")
+        def handle(event: ConsumedEvent, conn: psycopg.Connection[Any]) -> None:
+            conn.execute(INSERT, (event.id, event.key, event.payload["n"]))
 
     thread = threading.Thread(target=c.run)
     thread.start()
@@ -86,11 +110,11 @@ def run_exactly_once(bootstrap: str, dsn: str, topic: str, count: int, client: s
     return (count - first) / elapsed, cpu / (count - first) * 1e6
 
 
-def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: str) -> tuple[float, float]:
-    """The same handler per record, one transaction per polled partition batch, no bookkeeping."""
+def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: str, handler: str) -> tuple[float, float]:
+    """The same handler, one transaction per polled partition batch, no bookkeeping."""
     from consumers._records import decode_record
 
-    group = f"alo-{client}-{topic}"
+    group = f"alo-{client}-{handler}-{topic}"
     if client == "confluent":
         from confluent_kafka import Consumer as CKConsumer
 
@@ -134,9 +158,12 @@ def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: 
             batches = poll()
             for records in batches.values():
                 with conn.pipeline(), conn.transaction():
-                    for r in records:
-                        e = decode_record(*r)
-                        conn.execute(INSERT, (e.id, e.key, e.payload["n"]))
+                    decoded = [decode_record(*r) for r in records]
+                    if handler == "batch":
+                        insert_many(conn, decoded)
+                    else:
+                        for e in decoded:
+                            conn.execute(INSERT, (e.id, e.key, e.payload["n"]))
                 done += len(records)
                 if not started:
                     started, cpu, first = time.perf_counter(), time.process_time(), done
@@ -147,15 +174,19 @@ def run_at_least_once(bootstrap: str, dsn: str, topic: str, count: int, client: 
     return (count - first) / elapsed, cpu / (count - first) * 1e6
 
 
-def run_latency(bootstrap: str, dsn: str, topic: str, rate: int, seconds: float, pad: int, client: str) -> list[float]:
-    latencies: list[float] = []
-    pending: list[float] = []
+def run_latency(
+    bootstrap: str, dsn: str, topic: str, rate: int, seconds: float, pad: int, client: str, relay: bool
+) -> list[float]:
+    """Per event: the consumer's commit time minus the writer's commit time (relay) or the record's creation."""
+    committed: dict[str, float] = {}
+    pending: list[str] = []
 
     class Timed(Consumer):
         def _after_commit(self, state: PartitionState, next_offset: int) -> None:
             super()._after_commit(state, next_offset)
             now = time.time()
-            latencies.extend(now - created for created in pending)
+            for event_id in pending:
+                committed[event_id] = now
             pending.clear()
 
     c = Timed(group=f"lat-{client}-{topic}", topics=[topic], bootstrap_servers=bootstrap, database_url=dsn,
@@ -164,7 +195,7 @@ def run_latency(bootstrap: str, dsn: str, topic: str, rate: int, seconds: float,
     @c.handler("bench.event")
     def handle(event: ConsumedEvent, conn: psycopg.Connection[Any]) -> None:
         conn.execute(INSERT, (event.id, event.key, event.payload["n"]))
-        pending.append(event.payload["t"])
+        pending.append(str(event.id) if relay else f"{event.payload['t']!r}")
 
     thread = threading.Thread(target=c.run)
     thread.start()
@@ -172,35 +203,62 @@ def run_latency(bootstrap: str, dsn: str, topic: str, rate: int, seconds: float,
         time.sleep(0.05)
     time.sleep(0.5)
     total = int(rate * seconds)
-    # The paced producer runs in its own process (like the relay would): in this one it would share
-    # the GIL with the consumer under test and its waits would be counted as the consumer's latency.
+    # The paced writer runs in its own process (as an application would): in this one it would
+    # share the GIL with the consumer under test and its waits would count as the consumer's latency.
     ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=produce_paced, args=(bootstrap, topic, rate, total, pad), daemon=True)
+    results = ctx.Queue()
+    target = write_paced if relay else produce_paced
+    proc = ctx.Process(target=target, args=(dsn if relay else bootstrap, topic, rate, total, pad, results), daemon=True)
     proc.start()
-    proc.join(seconds + 60)
+    started: dict[str, float] = results.get(timeout=seconds + 60)
+    proc.join(10)
     deadline = time.monotonic() + 30
     while c.metrics().processed < total and time.monotonic() < deadline:
         time.sleep(0.05)
     c.stop()
     thread.join()
-    return latencies
+    return [committed[k] - t for k, t in started.items() if k in committed]
 
 
-def produce_paced(bootstrap: str, topic: str, rate: int, total: int, pad: int) -> None:
-    """``total`` events at ``rate`` per second, each carrying its creation time (``payload.t``)."""
+def produce_paced(bootstrap: str, topic: str, rate: int, total: int, pad: int, results: Any) -> None:
+    """``total`` records at ``rate`` per second straight to the store, each carrying its creation time."""
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     p.partitions_for(topic)  # metadata and connections before the clock starts
     filler = "x" * pad
+    started: dict[str, float] = {}
     t0 = time.perf_counter()
     for i in range(total):
         target = t0 + i / rate
         delay = target - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        e = Event(topic=topic, key=f"key-{i % 100}", type="bench.event", payload={"n": i, "t": time.time(), "pad": filler})
+        now = time.time()
+        e = Event(topic=topic, key=f"key-{i % 100}", type="bench.event", payload={"n": i, "t": now, "pad": filler})
         p.send(topic, **relay_record(e))
+        started[repr(now)] = now
     p.flush()
     p.close()
+    results.put(started)
+
+
+def write_paced(dsn: str, topic: str, rate: int, total: int, pad: int, results: Any) -> None:
+    """``total`` outbox events at ``rate`` per second, one per transaction; the time each COMMIT returned."""
+    from outbox import publish
+
+    filler = "x" * pad
+    started: dict[str, float] = {}
+    with psycopg.connect(dsn) as conn:
+        t0 = time.perf_counter()
+        for i in range(total):
+            target = t0 + i / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            e = Event(topic=topic, key=f"key-{i % 100}", type="bench.event", payload={"n": i, "pad": filler})
+            with conn.transaction():
+                publish(conn, e)
+            started[str(e.id)] = time.time()
+    results.put(started)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -216,14 +274,21 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", default="kafka-python,confluent", help="comma-separated: kafka-python, confluent")
+    parser.add_argument("--handler", default="row,batch", help="comma-separated: row (per event), batch (per list)")
+    parser.add_argument("--only", default="throughput,latency", help="comma-separated: throughput, latency")
+    parser.add_argument("--no-relay", action="store_true", help="latency: produce straight to the store, no outbox")
     args = parser.parse_args()
     clients = [c for c in args.clients.split(",") if c]
+    handlers = [h for h in args.handler.split(",") if h]
+    only = set(args.only.split(","))
 
     from tests.support.postgres import PostgresServer
+    from tests.support.relay import RelayProcess
     from tests.support.store import StoreProcess
 
     pg = PostgresServer(use_env=False)
     store = StoreProcess(None)
+    relay: RelayProcess | None = None
     try:
         pg.start()
         store.start()
@@ -233,36 +298,48 @@ def main() -> int:
         sample = events("t", 1, 0)[0]
         pad = max(1024 - len(sample.payload_json()) - 14, 0)
         print(f"1 KiB events: value {len(events('t', 1, pad)[0].payload_json())} bytes, {args.partitions} partitions")
-        eo: dict[str, list[tuple[float, float]]] = {c: [] for c in clients}
-        alo: dict[str, list[tuple[float, float]]] = {c: [] for c in clients}
-        for r in range(args.rounds):
+        runs = [(c, h) for h in handlers for c in clients]
+        eo: dict[tuple[str, str], list[tuple[float, float]]] = {r: [] for r in runs}
+        alo: dict[tuple[str, str], list[tuple[float, float]]] = {r: [] for r in runs}
+        for r in range(args.rounds if "throughput" in only else 0):
             topic = f"bench-{uuid.uuid4().hex[:8]}"
             create_topic(store.bootstrap, topic, args.partitions)
             produce(store.bootstrap, topic, events(topic, args.events, pad))
-            for client in clients:  # back to back on the same records, each in its own groups
-                eo[client].append(run_exactly_once(store.bootstrap, dsn, topic, args.events, client))
-                alo[client].append(run_at_least_once(store.bootstrap, dsn, topic, args.events, client))
-                (e_rate, e_cpu), (a_rate, a_cpu) = eo[client][-1], alo[client][-1]
-                print(f"round {r + 1} {client:>12}: exactly-once {e_rate:,.0f} events/s ({e_cpu:.0f} us CPU/event), "
-                      f"at-least-once {a_rate:,.0f} events/s ({a_cpu:.0f} us CPU/event)", flush=True)  # fmt: skip
-        for client in clients:
-            m_eo, m_alo = (statistics.median(r for r, _ in eo[client]), statistics.median(r for r, _ in alo[client]))
-            c_eo, c_alo = (statistics.median(c for _, c in eo[client]), statistics.median(c for _, c in alo[client]))
-            print(f"{client:>12}: exactly-once {m_eo:>8,.0f} events/s, at-least-once {m_alo:>8,.0f} events/s "
-                  f"(median of {args.rounds}); bookkeeping costs {100 * (1 - m_eo / m_alo):.1f}%; consumer CPU "
-                  f"{c_eo:.0f} vs {c_alo:.0f} us/event (1e6 / that = one core's ceiling)")  # fmt: skip
-        for client in clients:
+            for client, handler in runs:  # back to back on the same records, each in its own groups
+                eo[client, handler].append(run_exactly_once(store.bootstrap, dsn, topic, args.events, client, handler))
+                alo[client, handler].append(run_at_least_once(store.bootstrap, dsn, topic, args.events, client, handler))
+                (e_rate, e_cpu), (a_rate, a_cpu) = eo[client, handler][-1], alo[client, handler][-1]
+                print(f"round {r + 1} {client:>12} {handler:>5}: exactly-once {e_rate:,.0f} events/s ({e_cpu:.0f} us "
+                      f"CPU/event), at-least-once {a_rate:,.0f} events/s ({a_cpu:.0f} us CPU/event)", flush=True)  # fmt: skip
+        for client, handler in runs if "throughput" in only else []:
+            e_runs, a_runs = eo[client, handler], alo[client, handler]
+            m_eo, m_alo = statistics.median(r for r, _ in e_runs), statistics.median(r for r, _ in a_runs)
+            c_eo, c_alo = statistics.median(c for _, c in e_runs), statistics.median(c for _, c in a_runs)
+            print(f"{client:>12} {handler:>5}: exactly-once {m_eo:>8,.0f} events/s, at-least-once {m_alo:>8,.0f} "
+                  f"events/s (median of {args.rounds}); bookkeeping costs {100 * (1 - m_eo / m_alo):.1f}%; consumer "
+                  f"CPU {c_eo:.0f} vs {c_alo:.0f} us/event (1e6 / that = one core's ceiling)")  # fmt: skip
+        if "latency" in only and not args.no_relay:
+            from outbox import migrate
+
+            with psycopg.connect(dsn) as conn:
+                migrate(conn)
+            relay = RelayProcess(dsn, store.bootstrap, name="bench-relay")
+            relay.start()
+        what = "outbox COMMIT" if relay is not None else "record created"
+        for client in clients if "latency" in only else []:
             topic = f"lat-{uuid.uuid4().hex[:8]}"
             create_topic(store.bootstrap, topic, args.partitions)
-            lat = run_latency(store.bootstrap, dsn, topic, args.rate, args.seconds, pad, client)
+            lat = run_latency(store.bootstrap, dsn, topic, args.rate, args.seconds, pad, client, relay is not None)
             if lat:
                 print(
-                    f"{client:>12}: latency at {args.rate}/s, record created -> handler's transaction committed: "
+                    f"{client:>12}: latency at {args.rate}/s, {what} -> handler's transaction committed: "
                     f"p50 {pct(lat, 0.5) * 1000:.1f} ms, p99 {pct(lat, 0.99) * 1000:.1f} ms, "
                     f"max {max(lat) * 1000:.1f} ms ({len(lat)} events)",
                     flush=True,
                 )
     finally:
+        if relay is not None:
+            relay.stop()
         store.cleanup()
         pg.cleanup()
     return 0

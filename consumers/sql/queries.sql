@@ -25,14 +25,14 @@ WITH position AS (
     FOR UPDATE
 )
 SELECT (SELECT next_offset FROM position),
-       ARRAY(SELECT event_id FROM {processed} WHERE group_id = %(group)s AND event_id = ANY(%(ids)s::uuid[]))
+       ARRAY(SELECT event_id FROM {processed} WHERE group_id = %(group)s AND event_id = ANY(%(ids)b::uuid[]))
 
 -- name: finish_batch
 -- Last statement of a batch: record the applied ids, forget the failures of records now behind
 -- the position and compare-and-set the position. No row back means the partition was lost.
 WITH applied AS (
     INSERT INTO {processed} (group_id, event_id)
-    SELECT %(group)s, unnest(%(ids)s::uuid[])
+    SELECT %(group)s, unnest(%(ids)b::uuid[])
     ON CONFLICT (group_id, event_id) DO NOTHING
 ), recovered AS (
     DELETE FROM {failures}
