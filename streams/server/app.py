@@ -150,8 +150,9 @@ async def _checkpoints(store: storage.Store, seconds: float) -> None:
         if ticket is not None:
             try:
                 await loop.run_in_executor(None, ticket.run)
-            except OSError:
-                log.exception("writing the recovery checkpoint failed; will retry")
+            except OSError as exc:
+                # A full disk is expected to pass: one line per attempt, no traceback.
+                log.warning("writing the recovery checkpoint failed (%s); retrying in %.0f s", exc, seconds)
 
 
 async def _scrub(store: storage.Store, step_bytes: int = 4 << 20, per_second: int = 32 << 20) -> None:

@@ -471,7 +471,11 @@ class Store:
         with self._ckpt_lock:
             if ticket.seq <= self._ckpt_written_seq:
                 return
-            atomic_write(self.checkpoint_path, ticket.data)
+            try:
+                atomic_write(self.checkpoint_path, ticket.data)
+            except OSError:
+                self._ckpt_last = None  # not written: the next prepare_checkpoint() must try again
+                raise
             self._ckpt_written_seq = ticket.seq
 
     def write_checkpoint(self) -> None:

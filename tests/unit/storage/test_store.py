@@ -243,6 +243,32 @@ def test_checkpoint_contents(tmp_path: Path) -> None:
     store.close()
 
 
+def test_failed_checkpoint_write_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint that could not be written (a full disk) is written by the next attempt even
+    though nothing changed in between."""
+    store = open_store(tmp_path)
+    store.create_topic("t", 1)
+    plog = store.log("t", 0)
+    append(plog, 3)
+    plog.sync()
+    ticket = store.prepare_checkpoint()
+    assert ticket is not None
+
+    def no_space(path: object, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("streams.storage.store.atomic_write", no_space)
+    with pytest.raises(OSError):
+        ticket.run()
+    monkeypatch.undo()
+    retry = store.prepare_checkpoint()
+    assert retry is not None
+    retry.run()
+    entry = json.loads((tmp_path / "meta" / "recovery-checkpoint.json").read_text())["partitions"][0]
+    assert entry["recovery_point"] == 3
+    store.close()
+
+
 def test_store_misuse(tmp_path: Path) -> None:
     store = Store(StoreConfig(tmp_path))
     with pytest.raises(StorageError, match="open"):
