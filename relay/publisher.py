@@ -286,7 +286,24 @@ class KafkaPythonPublisher:
         return RoundResult(pending.errors, broken=self._broken)
 
     def close(self, timeout: float) -> None:
-        self._producer.close(timeout=timeout)
+        """Flush for up to ``timeout`` seconds, then drop what is left.
+
+        kafka-python's own ``close`` flushes first and, when the flush times out, raises without
+        stopping its sender thread, which would go on sending the records of a fenced relay; so
+        on a timeout the sender is stopped here (its unsent batches fail) and the close repeated.
+        """
+        try:
+            self._producer.close(timeout=timeout)
+        except self._errors.KafkaTimeoutError:
+            sender = getattr(self._producer, "_sender", None)
+            if sender is None:
+                raise
+            sender.force_close()  # the thread fails its unsent batches and exits
+            sender.join(5.0)
+            if sender.is_alive():
+                log.warning("kafka-python's sender thread did not stop within 5 s of a forced close")
+                return
+            self._producer.close(timeout=0)
 
 
 def _coerce(value: str) -> Any:
