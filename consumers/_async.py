@@ -214,7 +214,7 @@ class AsyncConsumer(ConsumerBase):
     # -- the loop -----------------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        await self._position(self._take_rebalances())
+        await self._position_new()
         due = self._due_retries()
         if due:
             self._kafka.resume(*due)
@@ -228,7 +228,7 @@ class AsyncConsumer(ConsumerBase):
             logger.warning("group %s: broker unavailable (%s); retrying", self.group, exc)
             await asyncio.sleep(0.5)
             return
-        await self._position(self._take_rebalances())
+        await self._position_new()
         for state, events in self._usable(records):
             if self._states.get(state.tp) is not state:
                 continue
@@ -243,6 +243,15 @@ class AsyncConsumer(ConsumerBase):
         if self._conn is None:
             raise psycopg.OperationalError("no database connection")
         return self._conn
+
+    async def _position_new(self) -> None:
+        """Position the partitions assigned and not positioned yet; see ``Consumer._position_new``."""
+        try:
+            await self._position(self._take_rebalances())
+        except KafkaError as exc:
+            if not transient_kafka_error(exc):
+                raise ConsumerError(f"group {self.group}: Kafka client error: {exc}") from exc
+            logger.warning("group %s: broker unavailable while positioning partitions (%s); retrying", self.group, exc)
 
     async def _position(self, partitions: list[Any]) -> None:
         if not partitions:

@@ -250,7 +250,7 @@ class Consumer(ConsumerBase):
     # -- the loop -----------------------------------------------------------------------------
 
     def _tick(self) -> None:
-        self._position(self._take_rebalances())
+        self._position_new()
         due = self._due_retries()
         if due:
             self._kafka.resume(*due)
@@ -262,7 +262,7 @@ class Consumer(ConsumerBase):
             logger.warning("group %s: broker unavailable (%s); retrying", self.group, exc)
             self._stopping.wait(0.5)
             return
-        self._position(self._take_rebalances())
+        self._position_new()
         for state, events in self._usable(records):
             if self._states.get(state.tp) is not state:
                 continue
@@ -272,6 +272,17 @@ class Consumer(ConsumerBase):
         self._broker_commit()
         self._update_lag()
         self._maybe_prune()
+
+    def _position_new(self) -> None:
+        """Position the partitions assigned and not positioned yet. A broker that cannot answer the
+        offset lookups (two of three Kafka nodes down, a partition without a leader) leaves them
+        paused and unpositioned: the next tick tries again, instead of run() ending."""
+        try:
+            self._position(self._take_rebalances())
+        except KafkaError as exc:
+            if not transient_kafka_error(exc):
+                raise ConsumerError(f"group {self.group}: Kafka client error: {exc}") from exc
+            logger.warning("group %s: broker unavailable while positioning partitions (%s); retrying", self.group, exc)
 
     def _position(self, partitions: list[Any]) -> None:
         """Seek newly assigned partitions to the offsets stored in the database (creating them for a new group)."""
