@@ -391,8 +391,8 @@ class Campaign:
             "proxy hang": (2, self._proxy_hang),
             "proxy reset": (2, self._proxy_reset),
             "proxy cut mid-frame": (2, self._proxy_cut),
-            "clock jump (wall clock, relay or consumer)": (2 if self.clock_files else 0, self._clock_jump),
-            "monotonic clock leap forward (relay or consumer)": (1 if self.clock_files else 0, self._monotonic_leap),
+            "clock jump (wall clock, relay or consumer)": (3 if self.clock_files else 0, self._clock_jump),
+            "monotonic clock leap forward (relay or consumer)": (2 if self.clock_files else 0, self._monotonic_leap),
         }
 
     def cluster_fault_table(self) -> dict[str, tuple[float, Callable[[], None]]]:
@@ -411,8 +411,8 @@ class Campaign:
             "broker proxy hang": (1, self._proxy_hang),
             "broker proxy reset": (1, self._proxy_reset),
             "broker proxy cut mid-frame": (1, self._proxy_cut),
-            "clock jump (wall clock, relay or consumer)": (2 if self.clock_files else 0, self._clock_jump),
-            "monotonic clock leap forward (relay or consumer)": (1 if self.clock_files else 0, self._monotonic_leap),
+            "clock jump (wall clock, relay or consumer)": (3 if self.clock_files else 0, self._clock_jump),
+            "monotonic clock leap forward (relay or consumer)": (2 if self.clock_files else 0, self._monotonic_leap),
         }
 
     def _leader_node(self) -> KafkaNode:
