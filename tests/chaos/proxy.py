@@ -75,6 +75,12 @@ class FaultProxy:
 
         with contextlib.suppress(asyncio.CancelledError, RuntimeError):
             loop.run_until_complete(main())
+        # The connections were aborted, not cancelled (a cancelled client_connected_cb task makes
+        # asyncio log a CancelledError): let their tasks see it and end before the loop closes.
+        pending = asyncio.all_tasks(loop)
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=5))
+        loop.close()
 
     def close(self) -> None:
         loop = self._loop
@@ -84,9 +90,7 @@ class FaultProxy:
         def stop() -> None:
             self._reset_all()
             if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks(loop):
-                task.cancel()
+                self._server.close()  # serve_forever() then ends
 
         loop.call_soon_threadsafe(stop)
         if self._thread is not None:
