@@ -30,10 +30,15 @@ logger = logging.getLogger("consumers")
 
 
 def transient_kafka_error(exc: BaseException) -> bool:
-    """A broker connection reset, a restart, a leader move: the client recovers on its own."""
+    """A broker connection reset, a restart, a leader move: the client recovers on its own.
+
+    kafka-python 3.0 raises UnknownBrokerIdError (not marked retriable) from an offset lookup
+    whose partition leader, named by fresh metadata, is a broker its connection manager does not
+    know yet (seen while a Kafka node restarts); the next metadata refresh fixes it.
+    """
     import kafka.errors as ke
 
-    transient = (ke.KafkaConnectionError, ke.NodeNotReadyError, ke.KafkaTimeoutError)
+    transient = (ke.KafkaConnectionError, ke.NodeNotReadyError, ke.KafkaTimeoutError, ke.UnknownBrokerIdError)
     return bool(getattr(exc, "retriable", False)) or isinstance(exc, transient)
 
 StartFrom = Literal["earliest", "latest"]

@@ -13,6 +13,7 @@ def test_connection_and_timeout_errors_are_transient() -> None:
         ke.NodeNotReadyError(),
         ke.KafkaTimeoutError(),
         ke.RequestTimedOutError(),
+        ke.UnknownBrokerIdError(2),  # a leader kafka-python's connection manager does not know yet
     ):
         assert transient_kafka_error(exc), exc
 
