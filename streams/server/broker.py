@@ -328,21 +328,28 @@ class Broker:
         if size >= min_bytes or max_wait_ms == 0 or not logs:
             return parts
         deadline = time.monotonic() + max_wait_ms / 1000
+        # The long poll runs as its own task, from the loop's next iteration: a flusher round may
+        # advance a high watermark before it registers its waiters, and that advance would wake
+        # nobody (the fetch then sat out its whole max_wait with data to return). So it compares
+        # the high watermarks it read against the current ones before it sleeps.
+        marks = [plog.high_watermark for plog in logs]
 
         async def long_poll(parts: list[Part], size: int) -> list[Part]:
-            nonlocal logs
+            nonlocal logs, marks
             while size < min_bytes:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 waiters = [self.flusher.wait_progress(plog) for plog in logs]
                 try:
-                    await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                    if all(plog.high_watermark == mark for plog, mark in zip(logs, marks, strict=True)):
+                        await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for waiter in waiters:
                         waiter.cancel()
                 close_parts(parts)
                 parts, size, logs = self._fetch_once(request)
+                marks = [plog.high_watermark for plog in logs]
                 if not logs:
                     break
             return parts
