@@ -132,7 +132,10 @@ class ConfluentPublisher:
             "acks": "all",
             # The Java client's partitioner (murmur2; random partition for a null key).
             "partitioner": "murmur2_random",
-            "linger.ms": 1,
+            # No linger: a batch is handed over whole, so there is nothing to wait for; records
+            # queued while a request is in flight still go out together. linger.ms=1 measured
+            # p50 4.9 ms commit-to-consumer at 500/s against 2.3 ms without (bench/relay.py).
+            "linger.ms": 0,
             "batch.size": 1_000_000,
             "message.timeout.ms": 0 if delivery_timeout is None else int(delivery_timeout * 1000),
             "queue.buffering.max.messages": 2_000_000,
@@ -234,7 +237,7 @@ class KafkaPythonPublisher:
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,
-            "linger_ms": 1,
+            "linger_ms": 0,  # as above: p50 7.0 -> 4.2 ms at 500/s
             "batch_size": 1_000_000,
             "max_request_size": 16_777_216,
             "delivery_timeout_ms": delivery_ms,
