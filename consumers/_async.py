@@ -131,6 +131,8 @@ class AsyncConsumer(ConsumerBase):
                     signals.append(signum)
         try:
             self._conn = await self._connect()
+            if self._conn is None:
+                return  # stopped while waiting for the database
             self._start_services()
             await asyncio.to_thread(self._new_kafka_consumer)
             logger.info("group %s: consuming %s", self.group, ", ".join(self._settings.topics))
@@ -151,11 +153,24 @@ class AsyncConsumer(ConsumerBase):
         logger.info("group %s: signal %s, stopping after the batch in hand", self.group, signum)
         self._stopping.set()
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        try:
-            conn = await psycopg.AsyncConnection.connect(self._settings.database_url)
-        except psycopg.Error as exc:
-            raise ConsumerError(f"cannot connect to the consumer database: {exc}") from exc
+    async def _open(self) -> psycopg.AsyncConnection[Any] | None:
+        """Connect, waiting out a database that is down or restarting (None: stop() came first)."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                return await psycopg.AsyncConnection.connect(self._settings.database_url)
+            except psycopg.OperationalError as exc:
+                logger.warning("group %s: database unreachable (%s); retry in %.1f s", self.group, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except psycopg.Error as exc:
+                raise ConsumerError(f"cannot connect to the consumer database: {exc}") from exc
+        return None
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any] | None:
+        conn = await self._open()
+        if conn is None:
+            return None
         try:
             if self._settings.create_tables:
                 await migrate_async(conn, schema=self._settings.schema)
@@ -183,15 +198,7 @@ class AsyncConsumer(ConsumerBase):
         for state in self._states.values():
             state.expected = -1
             state.retry_at = None
-        delay = 0.2
-        while not self._stopping.is_set():
-            try:
-                self._conn = await psycopg.AsyncConnection.connect(self._settings.database_url)
-                return
-            except psycopg.OperationalError as again:
-                logger.warning("group %s: database still unreachable (%s); retry in %.1f s", self.group, again, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        self._conn = await self._open()
 
     async def _shutdown(self) -> None:
         if self._kafka is not None:

@@ -148,8 +148,9 @@ class Consumer(ConsumerBase):
 
         Signal handlers are installed only when called from the main thread (and restored after).
 
-        :raises ConsumerError: no handlers, the database or brokers are unusable, or a stored
-            offset is beyond the end of its partition.
+        :raises ConsumerError: no handlers, the database URL or the brokers are unusable, or a
+            stored offset is beyond the end of its partition. A database that does not answer
+            (down, restarting) is waited for, at start as later, with a warning per attempt.
         """
         self._check_handlers()
         if self._running:
@@ -160,6 +161,8 @@ class Consumer(ConsumerBase):
         previous = self._install_signals()
         try:
             self._conn = self._connect()
+            if self._conn is None:
+                return  # stopped while waiting for the database
             self._start_services()
             self._new_kafka_consumer()
             logger.info("group %s: consuming %s", self.group, ", ".join(self._settings.topics))
@@ -188,11 +191,28 @@ class Consumer(ConsumerBase):
             previous.append((signum, signal.signal(signum, on_signal)))
         return previous
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        try:
-            conn = psycopg.connect(self._settings.database_url)
-        except psycopg.Error as exc:
-            raise ConsumerError(f"cannot connect to the consumer database: {exc}") from exc
+    def _open(self) -> psycopg.Connection[Any] | None:
+        """Connect, waiting out a database that is down or restarting (None: stop() came first).
+
+        A consumer started while PostgreSQL restarts (or fails over) waits like one that was
+        running; every attempt logs why it failed, so a wrong address or password shows too.
+        """
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                return psycopg.connect(self._settings.database_url)
+            except psycopg.OperationalError as exc:
+                logger.warning("group %s: database unreachable (%s); retry in %.1f s", self.group, exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+            except psycopg.Error as exc:
+                raise ConsumerError(f"cannot connect to the consumer database: {exc}") from exc
+        return None
+
+    def _connect(self) -> psycopg.Connection[Any] | None:
+        conn = self._open()
+        if conn is None:
+            return None
         try:
             if self._settings.create_tables:
                 migrate(conn, schema=self._settings.schema)
@@ -219,15 +239,7 @@ class Consumer(ConsumerBase):
         for state in self._states.values():  # an in-doubt commit: re-read the offsets
             state.expected = -1
             state.retry_at = None
-        delay = 0.2
-        while not self._stopping.is_set():
-            try:
-                self._conn = psycopg.connect(self._settings.database_url)
-                return
-            except psycopg.OperationalError as again:
-                logger.warning("group %s: database still unreachable (%s); retry in %.1f s", self.group, again, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
+        self._conn = self._open()
 
     def _shutdown(self) -> None:
         if self._kafka is not None:
