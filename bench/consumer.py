@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,18 +230,23 @@ def run_latency(
     return [committed[k] - t for k, t in started.items() if k in committed]
 
 
+def paced_range(rate: int, total: int) -> Iterator[int]:
+    """0 .. total-1, the i-th yielded at i / rate seconds from the start (no drift)."""
+    t0 = time.perf_counter()
+    for i in range(total):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield i
+
+
 def produce_paced(bootstrap: str, topic: str, rate: int, total: int, pad: int, results: Any) -> None:
     """``total`` records at ``rate`` per second straight to the store, each carrying its creation time."""
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     p.partitions_for(topic)  # metadata and connections before the clock starts
     filler = "x" * pad
     started: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for i in range(total):
-        target = t0 + i / rate
-        delay = target - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    for i in paced_range(rate, total):
         now = time.time()
         e = Event(topic=topic, key=f"key-{i % 100}", type="bench.event", payload={"n": i, "t": now, "pad": filler})
         p.send(topic, **relay_record(e))
@@ -257,12 +263,7 @@ def write_paced(dsn: str, topic: str, rate: int, total: int, pad: int, results: 
     filler = "x" * pad
     started: dict[str, float] = {}
     with psycopg.connect(dsn) as conn:
-        t0 = time.perf_counter()
-        for i in range(total):
-            target = t0 + i / rate
-            delay = target - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+        for i in paced_range(rate, total):
             e = Event(topic=topic, key=f"key-{i % 100}", type="bench.event", payload={"n": i, "pad": filler})
             with conn.transaction():
                 publish(conn, e)

@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from streams import _faults
@@ -45,26 +46,24 @@ log = logging.getLogger(__name__)
 TEMP_SUFFIX = ".tmp"
 
 
-def fsync(fd: int) -> None:
-    """``os.fsync``, noted in the write ledger when one is armed."""
+def _sync(call: Callable[[int], None], fd: int) -> None:
     ledger = _faults.ledger
     if ledger is None:
-        os.fsync(fd)
+        call(fd)
         return
     sync_id = ledger.sync_begin(fd)
-    os.fsync(fd)
+    call(fd)
     ledger.sync_end(sync_id)
+
+
+def fsync(fd: int) -> None:
+    """``os.fsync``, noted in the write ledger when one is armed."""
+    _sync(os.fsync, fd)
 
 
 def fdatasync(fd: int) -> None:
     """``os.fdatasync``, noted in the write ledger when one is armed."""
-    ledger = _faults.ledger
-    if ledger is None:
-        os.fdatasync(fd)
-        return
-    sync_id = ledger.sync_begin(fd)
-    os.fdatasync(fd)
-    ledger.sync_end(sync_id)
+    _sync(os.fdatasync, fd)
 
 
 def truncate(fd: int, size: int) -> None:
