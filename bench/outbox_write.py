@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from outbox import Event, migrate, publish
 from outbox._table import OutboxTable
+from relay.claimer import id_array
 
 SCHEMA = "bench"
 PAYLOAD = {
@@ -134,9 +135,8 @@ def simulated_relay(dsn: str, linger_ms: float, stop: Any, results: Any) -> None
             with work.transaction():
                 rows = work.execute(target.query("claim"), {"buckets": list(range(64)), "limit": 1000}).fetchall()
                 if rows:
-                    now = datetime.now(UTC)
-                    lags.append((now - rows[-1][7]).total_seconds())
-                    work.execute(target.query("delete"), {"ids": [r[0] for r in rows]})
+                    lags.append(time.time() - rows[-1][4] / 1000)  # the claim's timestamp_ms: event time
+                    work.execute(target.query("delete"), {"ids": id_array([r[0] for r in rows])})
             if rows:
                 claimed += len(rows)
                 idle_since = None
