@@ -55,7 +55,7 @@ from tests.chaos.history import (
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.relay_main import ClockedRelay
 from tests.chaos.worker import EFFECTS_DDL
-from tests.support._proc import REPO_ROOT, free_port
+from tests.support._proc import REPO_ROOT, ProcessHandle, free_port
 from tests.support.kafka_cluster import KafkaCluster, KafkaNode
 from tests.support.postgres import PostgresServer
 from tests.support.relay import RelayProcess
@@ -92,13 +92,13 @@ class CampaignConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Member:
+class Member(ProcessHandle):
     """One consumer worker process (restartable; incarnations numbered)."""
 
     def __init__(self, name: str, mode: str, args: list[str], log_dir: Path, env: dict[str, str]) -> None:
         self.name, self.mode, self.args, self.env = name, mode, args, env
         self.log = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
@@ -106,50 +106,39 @@ class Member:
         self.starts += 1
         with self.log.open("ab") as log:
             log.write(f"--- start #{self.starts}\n".encode())
-            self.proc = subprocess.Popen(
+            self._proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.chaos.worker", "--member", self.name, "--mode", self.mode,
                  "--incarnation", str(self.starts), *self.args],
                 cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
-    def is_running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.poll() if self.proc is not None else None
-
     def kill(self) -> None:
         if self.is_running():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait()
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGCONT)
+            self._proc.kill()
+            self._proc.wait()
 
     def pause(self) -> None:
         if self.is_running():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGSTOP)
+            assert self._proc is not None
+            self._proc.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc is None:
+        if self._proc is None:
             return
         self.resume()
         if self.is_running():
-            self.proc.send_signal(signal.SIGTERM)
+            self._proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(30)
+            self._proc.wait(30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self._proc.kill()
+            self._proc.wait()
 
 
 class Campaign:

@@ -160,8 +160,8 @@ def power_cut(data_dir: Path, ledger: Path, rng: random.Random) -> PowerCutRepor
     inodes: dict[int, str] = {}
     for directory, _, files in os.walk(root):
         for name in files:
-            path = os.path.join(directory, name)
-            inodes[os.lstat(path).st_ino] = path
+            file_path = os.path.join(directory, name)
+            inodes[os.lstat(file_path).st_ino] = file_path
     for ino in sorted(state.pending):
         writes = state.pending[ino]
         path = inodes.get(ino)

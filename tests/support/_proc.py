@@ -28,6 +28,7 @@ __all__ = [
     "REPO_ROOT",
     "ChildProcess",
     "ManagedServer",
+    "ProcessHandle",
     "free_port",
     "kill_on_parent_death",
     "log_tail",
@@ -68,19 +69,9 @@ class ManagedServer:
         self.cleanup()
 
 
-class ChildProcess(ManagedServer):
-    """A server started as one child process with its output in ``log_path``: the stop, kill,
-    pause and clean-up logic the store and relay launchers share.
+class ProcessHandle:
+    """What every launcher that keeps one ``subprocess.Popen`` in ``_proc`` can say about it."""
 
-    Subclasses set ``_proc`` when they start, ``log_path``, ``work_dir`` and ``_own_work_dir``,
-    and name themselves in ``what`` and their error type in ``error``.
-    """
-
-    what = "the process"
-    error: type[Exception] = RuntimeError
-    log_path: Path
-    work_dir: Path
-    _own_work_dir: bool
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -94,6 +85,21 @@ class ChildProcess(ManagedServer):
 
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+
+class ChildProcess(ProcessHandle, ManagedServer):
+    """A server started as one child process with its output in ``log_path``: the stop, kill,
+    pause and clean-up logic the store and relay launchers share.
+
+    Subclasses set ``_proc`` when they start, ``log_path``, ``work_dir`` and ``_own_work_dir``,
+    and name themselves in ``what`` and their error type in ``error``.
+    """
+
+    what = "the process"
+    error: type[Exception] = RuntimeError
+    log_path: Path
+    work_dir: Path
+    _own_work_dir: bool
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM and wait; return the exit code. A process that ignores SIGTERM is killed and reported."""

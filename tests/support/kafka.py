@@ -29,7 +29,16 @@ from pathlib import Path
 
 from kafka import KafkaAdminClient
 
-from tests.support._proc import ManagedServer, free_port, log_tail, popen, register_for_cleanup, run, terminate
+from tests.support._proc import (
+    ManagedServer,
+    ProcessHandle,
+    free_port,
+    log_tail,
+    popen,
+    register_for_cleanup,
+    run,
+    terminate,
+)
 
 __all__ = [
     "CONSOLE_CONSUMER",
@@ -374,7 +383,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-class KafkaBroker(ManagedServer):
+class KafkaBroker(ProcessHandle, ManagedServer):
     """A single-node KRaft Apache Kafka (broker and controller in one JVM) on loopback.
 
     ``auto_create_topics`` sets ``auto.create.topics.enable``; ``server_properties`` adds or
@@ -428,12 +437,6 @@ class KafkaBroker(ManagedServer):
     def log_path(self) -> Path:
         return self.dir / "kafka.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     # -- lifecycle --------------------------------------------------------------------------
 

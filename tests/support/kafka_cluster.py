@@ -38,7 +38,16 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from tests.support._proc import ManagedServer, free_port, log_tail, popen, register_for_cleanup, run, terminate
+from tests.support._proc import (
+    ManagedServer,
+    ProcessHandle,
+    free_port,
+    log_tail,
+    popen,
+    register_for_cleanup,
+    run,
+    terminate,
+)
 from tests.support.kafka import (
     FAST_RESTART_PROPERTIES,
     KAFKA_VERSION,
@@ -67,7 +76,7 @@ class PartitionState:
     isr: tuple[int, ...]
 
 
-class KafkaNode:
+class KafkaNode(ProcessHandle):
     """One controller+broker JVM of a :class:`KafkaCluster`; restartable on the same dir and ports."""
 
     def __init__(self, cluster: KafkaCluster, node_id: int, directory: Path) -> None:
@@ -100,18 +109,6 @@ class KafkaNode:
     @property
     def config_path(self) -> Path:
         return self.dir / "server.properties"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def returncode(self) -> int | None:
-        """Exit code of the last process, None while it runs (or before the first start)."""
-        return self._proc.poll() if self._proc is not None else None
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def properties(self) -> dict[str, str]:
         c = self.cluster
